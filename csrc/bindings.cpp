@@ -1,0 +1,71 @@
+// pybind11 surface of the host kernel core: lmcache_ascend._kvcore.
+//
+// Framework-neutral on purpose: it sees addresses and int64 tables only, never
+// torch or MindSpore objects. The Python layer (lmcache_ascend.kernels) builds
+// the plane tables and validates user arguments before anything reaches here;
+// the checks below are a second line of defence, not the user-facing errors.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "host_memory.h"
+#include "plane_transfer.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+namespace la = lmcache_ascend;
+
+namespace {
+
+constexpr int kAbiVersion = 1;
+constexpr int kPlaneFields = static_cast<int>(sizeof(la::PlaneSpec) / sizeof(int64_t));
+
+void transfer_planes_py(const py::array_t<int64_t, py::array::c_style>& planes,
+                        uintptr_t slots_addr, int slots_itemsize, int64_t num_tokens,
+                        int64_t skip_prefix, int direction, int num_threads) {
+  if (planes.ndim() != 2 || planes.shape(1) != kPlaneFields) {
+    throw py::value_error("planes must be an int64 array of shape [P, 10]");
+  }
+  la::SlotList slots{reinterpret_cast<const void*>(slots_addr), slots_itemsize, num_tokens};
+  const auto* specs = reinterpret_cast<const la::PlaneSpec*>(planes.data());
+  const int64_t count = planes.shape(0);
+  py::gil_scoped_release release;
+  la::transfer_planes(specs, count, slots, skip_prefix,
+                      static_cast<la::Direction>(direction), num_threads);
+}
+
+void batched_copy_py(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
+                     const std::vector<int64_t>& sizes, int num_threads) {
+  py::gil_scoped_release release;
+  la::batched_copy(src, dst, sizes, num_threads);
+}
+
+uintptr_t host_alloc_py(int64_t size, int64_t alignment, bool huge_pages) {
+  py::gil_scoped_release release;  // zero-filling a large buffer takes a while
+  return la::host_alloc(size, alignment, huge_pages);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kvcore, m) {
+  m.doc() = "lmcache-ascend host kernel core (paged KV <-> memory objects)";
+  m.attr("ABI_VERSION") = kAbiVersion;
+  m.attr("PLANE_FIELDS") = kPlaneFields;
+
+  m.def("transfer_planes", &transfer_planes_py, py::arg("planes"), py::arg("slots_addr"),
+        py::arg("slots_itemsize"), py::arg("num_tokens"), py::arg("skip_prefix"),
+        py::arg("direction"), py::arg("num_threads"),
+        "Copy between paged buffers and memory objects along a plane table.");
+  m.def("batched_copy", &batched_copy_py, py::arg("src"), py::arg("dst"), py::arg("sizes"),
+        py::arg("num_threads"));
+  m.def("host_alloc", &host_alloc_py, py::arg("size"), py::arg("alignment"),
+        py::arg("huge_pages") = false);
+  m.def("host_free", &la::host_free, py::arg("addr"));
+  m.def("host_allocation_size", &la::host_allocation_size, py::arg("addr"));
+  m.def("host_live_allocations", &la::host_live_allocations);
+  m.def("hardware_threads", &la::hardware_threads);
+  m.def("page_size", &la::page_size);
+}

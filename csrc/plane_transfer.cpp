@@ -1,0 +1,145 @@
+#include "plane_transfer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "thread_pool.h"
+
+namespace lmcache_ascend {
+namespace {
+
+// Below this many bytes a transfer runs on the calling thread: waking the
+// pool costs more than it saves.
+constexpr int64_t kParallelThresholdBytes = 256 * 1024;
+// Bytes per task: large enough to amortize scheduling, small enough that two
+// to sixteen threads get balanced work from one 256-token chunk.
+constexpr int64_t kTaskBytes = 128 * 1024;
+
+struct PlaneShape {
+  int64_t row_bytes;
+  bool heads_dense;   // all heads of a token are one contiguous run
+  bool tokens_dense;  // consecutive slots of a block are one contiguous run
+};
+
+PlaneShape shape_of(const PlaneSpec& p) {
+  PlaneShape s;
+  s.row_bytes = p.num_heads * p.head_bytes;
+  s.heads_dense = p.num_heads == 1 || p.head_stride == p.head_bytes;
+  s.tokens_dense = s.heads_dense && p.token_stride == s.row_bytes &&
+                   p.obj_token_stride == s.row_bytes;
+  return s;
+}
+
+void check_plane(const PlaneSpec& p, int64_t index) {
+  auto bad = [&](const char* what) {
+    throw std::invalid_argument("plane " + std::to_string(index) + ": " + what);
+  };
+  if (p.paged_base == 0 || p.obj_base == 0) bad("null base address");
+  if (p.num_heads <= 0 || p.head_bytes <= 0) bad("num_heads and head_bytes must be > 0");
+  if (p.block_size <= 0) bad("block_size must be > 0");
+  if (p.num_slots < 0) bad("num_slots must be >= 0");
+  if (p.block_stride < 0 || p.token_stride < 0 || p.head_stride < 0 ||
+      p.obj_token_stride < 0) {
+    bad("strides must be >= 0");
+  }
+}
+
+void check_slots(const SlotList& slots, int64_t begin, int64_t num_slots) {
+  for (int64_t t = begin; t < slots.count; ++t) {
+    int64_t s = slots.at(t);
+    if (s >= num_slots) {
+      throw std::out_of_range("slot_mapping[" + std::to_string(t) + "] = " +
+                              std::to_string(s) + " is outside the paged buffer (" +
+                              std::to_string(num_slots) + " slots)");
+    }
+  }
+}
+
+inline void copy_bytes(char* paged, char* obj, int64_t n, Direction d) {
+  if (d == Direction::kToObject) {
+    std::memcpy(obj, paged, static_cast<size_t>(n));
+  } else {
+    std::memcpy(paged, obj, static_cast<size_t>(n));
+  }
+}
+
+// Copies tokens [begin, end) of one plane, merging runs of consecutive slots
+// inside one block into a single memcpy when both sides are dense.
+void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
+                      const SlotList& slots, int64_t begin, int64_t end,
+                      Direction d) {
+  char* const paged_base = reinterpret_cast<char*>(p.paged_base);
+  char* const obj_base = reinterpret_cast<char*>(p.obj_base);
+  int64_t t = begin;
+  while (t < end) {
+    const int64_t slot = slots.at(t);
+    if (slot < 0) {
+      ++t;
+      continue;
+    }
+    const int64_t block = slot / p.block_size;
+    const int64_t offset = slot % p.block_size;
+    char* paged = paged_base + block * p.block_stride + offset * p.token_stride;
+    char* obj = obj_base + t * p.obj_token_stride;
+    if (s.tokens_dense) {
+      int64_t run = 1;
+      const int64_t room = std::min(end - t, p.block_size - offset);
+      while (run < room && slots.at(t + run) == slot + run) ++run;
+      copy_bytes(paged, obj, run * s.row_bytes, d);
+      t += run;
+      continue;
+    }
+    if (s.heads_dense) {
+      copy_bytes(paged, obj, s.row_bytes, d);
+    } else {
+      for (int64_t h = 0; h < p.num_heads; ++h) {
+        copy_bytes(paged + h * p.head_stride, obj + h * p.head_bytes, p.head_bytes, d);
+      }
+    }
+    ++t;
+  }
+}
+
+}  // namespace
+
+void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
+                     const SlotList& slots, int64_t skip_prefix,
+                     Direction direction, int num_threads) {
+  if (num_planes < 0) throw std::invalid_argument("num_planes must be >= 0");
+  if (slots.count < 0) throw std::invalid_argument("slot count must be >= 0");
+  if (slots.itemsize != 4 && slots.itemsize != 8) {
+    throw std::invalid_argument("slot_mapping must hold int32 or int64");
+  }
+  if (direction != Direction::kToPaged && direction != Direction::kToObject) {
+    throw std::invalid_argument("direction must be 0 (H2D) or 1 (D2H)");
+  }
+  const int64_t begin = std::max<int64_t>(0, std::min(skip_prefix, slots.count));
+  if (num_planes == 0 || begin == slots.count) return;
+  if (slots.data == nullptr) throw std::invalid_argument("slot_mapping is null");
+
+  int64_t min_slots = planes[0].num_slots;
+  int64_t max_row = 0;
+  for (int64_t i = 0; i < num_planes; ++i) {
+    check_plane(planes[i], i);
+    min_slots = std::min(min_slots, planes[i].num_slots);
+    max_row = std::max(max_row, shape_of(planes[i]).row_bytes);
+  }
+  check_slots(slots, begin, min_slots);
+
+  const int64_t tokens = slots.count - begin;
+  const int64_t tile = std::max<int64_t>(16, kTaskBytes / std::max<int64_t>(1, max_row));
+  const int64_t tiles_per_plane = (tokens + tile - 1) / tile;
+  const int64_t total_bytes = tokens * max_row * num_planes;
+  const int threads = total_bytes < kParallelThresholdBytes ? 1 : num_threads;
+
+  parallel_for(num_planes * tiles_per_plane, threads, [&](int64_t task) {
+    const PlaneSpec& p = planes[task / tiles_per_plane];
+    const int64_t t0 = begin + (task % tiles_per_plane) * tile;
+    const int64_t t1 = std::min(slots.count, t0 + tile);
+    copy_token_range(p, shape_of(p), slots, t0, t1, direction);
+  });
+}
+
+}  // namespace lmcache_ascend

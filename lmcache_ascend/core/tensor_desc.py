@@ -1,0 +1,168 @@
+"""Framework-neutral tensor description.
+
+A :class:`TensorDesc` is what the kernel core needs to know about a tensor:
+its address, shape, strides (in elements), dtype name, element size and device.
+It is built from a torch tensor, a numpy array or a MindSpore tensor by
+:func:`describe`, without importing any of those frameworks here: the object's
+type is recognised by its module name, so this module stays importable in an
+environment that has only one of them.
+
+Dtype names are the short canonical names shared by torch, numpy and MindSpore
+(``"bfloat16"``, ``"float16"``, ``"float32"``, ``"int8"``, ...). Device strings
+are ``"cpu"`` for host memory and ``"<type>:<index>"`` otherwise (``"npu:0"``).
+
+A MindSpore tensor's address is read with ``data_ptr()``, which waits for
+pending asynchronous work on it first (see REFERENCE: MindSpore 2.7.1 on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Element sizes of the dtypes that appear in KV caches and slot mappings.
+ITEMSIZE: dict[str, int] = {
+    "bfloat16": 2,
+    "float16": 2,
+    "float32": 4,
+    "float64": 8,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "bool": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+_NUMPY_ALIASES = {"float16": "float16", "bool_": "bool"}
+_MINDSPORE_ALIASES = {"bool_": "bool", "float8_e4m3fn": "float8_e4m3fn"}
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    """Address, geometry and element type of one tensor (strides in elements)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str
+    itemsize: int
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != len(self.strides):
+            raise ValueError(
+                f"shape {self.shape} and strides {self.strides} differ in length"
+            )
+        if self.itemsize <= 0:
+            raise ValueError(f"itemsize must be > 0, got {self.itemsize}")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @property
+    def is_host(self) -> bool:
+        return self.device == "cpu"
+
+    @property
+    def is_contiguous(self) -> bool:
+        return self.strides == contiguous_strides(self.shape)
+
+    def span_bytes(self) -> int:
+        """Bytes from ``ptr`` to one past the last element the view can reach."""
+        if self.numel == 0:
+            return 0
+        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        return (last + 1) * self.itemsize
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    acc = 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def describe(tensor: Any) -> TensorDesc:
+    """Describe a torch tensor, numpy array or MindSpore tensor.
+
+    Raises:
+        TypeError: for any other object (the message names its type).
+    """
+    if isinstance(tensor, TensorDesc):
+        return tensor
+    root = type(tensor).__module__.split(".", 1)[0]
+    if root == "torch":
+        return _from_torch(tensor)
+    if root == "numpy":
+        return _from_numpy(tensor)
+    if root == "mindspore":
+        return _from_mindspore(tensor)
+    raise TypeError(
+        f"expected a torch.Tensor, numpy.ndarray or mindspore.Tensor, "
+        f"got {type(tensor).__module__}.{type(tensor).__qualname__}"
+    )
+
+
+def _from_torch(t: Any) -> TensorDesc:
+    dtype = str(t.dtype).removeprefix("torch.")
+    device = "cpu" if t.device.type == "cpu" else f"{t.device.type}:{t.device.index or 0}"
+    return TensorDesc(
+        ptr=int(t.data_ptr()),
+        shape=tuple(int(n) for n in t.shape),
+        strides=tuple(int(s) for s in t.stride()),
+        dtype=dtype,
+        itemsize=int(t.element_size()),
+        device=device,
+    )
+
+
+def _from_numpy(a: Any) -> TensorDesc:
+    itemsize = int(a.itemsize)
+    if any(s % itemsize for s in a.strides):
+        raise ValueError("numpy array strides are not multiples of its itemsize")
+    name = _NUMPY_ALIASES.get(a.dtype.name, a.dtype.name)
+    return TensorDesc(
+        ptr=int(a.ctypes.data),
+        shape=tuple(int(n) for n in a.shape),
+        strides=tuple(int(s) // itemsize for s in a.strides),
+        dtype=name,
+        itemsize=itemsize,
+        device="cpu",
+    )
+
+
+def _from_mindspore(t: Any) -> TensorDesc:
+    name = str(t.dtype).lower()
+    name = _MINDSPORE_ALIASES.get(name, name)
+    if name not in ITEMSIZE:
+        raise TypeError(f"unsupported MindSpore dtype {t.dtype}")
+    shape = tuple(int(n) for n in t.shape)
+    strides_fn = getattr(t, "stride", None)
+    strides = tuple(int(s) for s in strides_fn()) if callable(strides_fn) else contiguous_strides(shape)
+    # MindSpore CPU tensors report "CPU"; Ascend tensors "Ascend".
+    place = str(getattr(t, "device", "CPU")).lower()
+    device = "cpu" if place.startswith("cpu") else "npu:0"
+    return TensorDesc(
+        ptr=int(t.data_ptr()),
+        shape=shape,
+        strides=strides,
+        dtype=name,
+        itemsize=ITEMSIZE[name],
+        device=device,
+    )

@@ -1,0 +1,148 @@
+"""Block-based transfer for LMCache's multi-process mode.
+
+``multi_layer_block_kv_transfer(paged_buffer_ptrs_tensor, lmcache_objects_ptrs,
+block_ids, device, direction, shape_desc, lmcache_chunk_size, engine_kv_format,
+skip_prefix_n_blocks)``, with the semantics of ``lmcache.cuda_ops`` and of the
+torch baseline in ``lmcache.v1.platform.torch_ops.mp_mem_kernels``:
+
+- ``shape_desc`` (``PageBufferShapeDesc``) gives the group's geometry:
+  ``kv_size, nl, nb, bs, nh, hs, element_size, block_stride_elems``. For
+  packed formats (12, 13) with ``kv_size == 1``, ``hs`` is the packed width
+  ``CS`` and each head's ``[K | V]`` slice is moved as one.
+- Every object is ``[kv_size, nl, lmcache_chunk_size, nh * hs]``; object ``i``
+  holds blocks ``block_ids[i * bpo : (i + 1) * bpo]`` with
+  ``bpo = lmcache_chunk_size / bs``. The last object may be partly filled.
+- The first ``skip_prefix_n_blocks`` entries of ``block_ids`` (counted across
+  objects) are left untouched in both directions.
+- Block ids must lie in ``[0, nb)``: anything else is a ``ValueError`` here
+  (upstream's CUDA kernel does not check).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmcache_ascend.core.planes import KVGeometry, kv_2ltd_planes, paged_planes
+from lmcache_ascend.kernels import dispatch, torch_path
+from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers
+from lmcache_ascend.kernels.validate import (
+    check_block_ids,
+    check_direction,
+    check_format,
+    check_int,
+    check_tensor,
+    fail,
+)
+
+_DESC_FIELDS = ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems")
+_DTYPES_BY_SIZE = {1: torch.uint8, 2: torch.float16, 4: torch.float32, 8: torch.float64}
+
+
+def _read_desc(shape_desc: object) -> dict[str, int]:
+    missing = [f for f in _DESC_FIELDS if not hasattr(shape_desc, f)]
+    if missing:
+        fail(TypeError, "shape_desc", f"must be a PageBufferShapeDesc; missing {', '.join(missing)}")
+    desc = {f: check_int(getattr(shape_desc, f), f"shape_desc.{f}") for f in _DESC_FIELDS}
+    for f in ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size"):
+        if desc[f] < 1:
+            fail(ValueError, f"shape_desc.{f}", f"must be >= 1, got {desc[f]}")
+    return desc
+
+
+def _desc_dtype(shape_desc: object, element_size: int) -> torch.dtype:
+    dtype = getattr(shape_desc, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        if dtype.itemsize != element_size:
+            fail(ValueError, "shape_desc.dtype", f"{dtype} does not have element_size {element_size}")
+        return dtype
+    return _DTYPES_BY_SIZE.get(element_size, torch.uint8)
+
+
+def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
+    fused = spec.packed and desc["kv_size"] == 1
+    allowed = (1, 2) if spec.packed else (spec.kv_size,)
+    if desc["kv_size"] not in allowed:
+        fail(ValueError, "shape_desc.kv_size", f"is {desc['kv_size']}; {spec.fmt.name} needs {' or '.join(map(str, allowed))}")
+    head_size = desc["hs"]
+    if fused:
+        if head_size % 2:
+            fail(ValueError, "shape_desc.hs", f"packed width {head_size} is odd")
+        head_size //= 2
+    pbs = spec.pbs_fused
+    geometry = KVGeometry(
+        num_layers=desc["nl"],
+        num_blocks=1 if pbs else desc["nb"],
+        block_size=desc["nb"] * desc["bs"] if pbs else desc["bs"],
+        num_heads=1 if spec.mla else desc["nh"],
+        head_size=head_size,
+        itemsize=desc["element_size"],
+        block_stride_elems=desc["block_stride_elems"],
+    )
+    return geometry, fused
+
+
+def _object_bytes(objects: object, count_needed: int, nbytes: int, device: torch.device) -> list[torch.Tensor]:
+    if not isinstance(objects, (list, tuple)) or not objects:
+        fail(TypeError, "lmcache_objects_ptrs", "must be a non-empty list of pointers or tensors")
+    if len(objects) < count_needed:
+        fail(ValueError, "lmcache_objects_ptrs", f"has {len(objects)} objects; the block ids need {count_needed}")
+    out = []
+    for i, o in enumerate(objects[:count_needed]):
+        name = f"lmcache_objects_ptrs[{i}]"
+        if isinstance(o, torch.Tensor):
+            check_tensor(o, name)
+            if o.numel() * o.element_size() < nbytes:
+                fail(ValueError, name, f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
+            out.append(torch_path.byte_view(o)[:nbytes])
+        elif isinstance(o, int) and not isinstance(o, bool):
+            if o == 0:
+                fail(ValueError, name, "is a null pointer")
+            out.append(torch_path.device_bytes(o, nbytes, device))
+        else:
+            fail(TypeError, name, f"must be an int pointer or a tensor, got {type(o).__name__}")
+    return out
+
+
+def multi_layer_block_kv_transfer(
+    paged_buffer_ptrs_tensor,
+    lmcache_objects_ptrs,
+    block_ids,
+    device,
+    direction,
+    shape_desc,
+    lmcache_chunk_size,
+    engine_kv_format,
+    skip_prefix_n_blocks,
+):
+    spec = check_format(engine_kv_format)
+    direction = check_direction(direction)
+    desc = _read_desc(shape_desc)
+    geometry, fused = _geometry(spec, desc)
+    chunk = check_int(lmcache_chunk_size, "lmcache_chunk_size", 1)
+    if chunk % desc["bs"]:
+        fail(ValueError, "lmcache_chunk_size", f"{chunk} is not a multiple of the block size {desc['bs']}")
+    skip = check_int(skip_prefix_n_blocks, "skip_prefix_n_blocks")
+    dev = torch.device(device)
+    blocks = check_block_ids(block_ids, "block_ids", desc["nb"])
+    per_object = chunk // desc["bs"]
+    num_objects = -(-blocks.numel() // per_object)
+    dtype = _desc_dtype(shape_desc, desc["element_size"])
+    first = engine_tensor(paged_buffer_ptrs_tensor)
+    if first is not None and getattr(shape_desc, "dtype", None) is None:
+        if first.element_size() != desc["element_size"]:
+            fail(TypeError, "paged_buffer_ptrs_tensor", f"holds {first.dtype}, shape_desc.element_size is {desc['element_size']}")
+        dtype = first.dtype
+    paged = resolve_buffers(paged_buffer_ptrs_tensor, spec, geometry, dev, dtype, "paged_buffer_ptrs_tensor")
+    row_bytes = desc["nh"] * desc["hs"] * desc["element_size"]
+    kv_planes = desc["kv_size"]
+    objects = _object_bytes(lmcache_objects_ptrs, num_objects, kv_planes * desc["nl"] * chunk * row_bytes, dev)
+    bs = desc["bs"]
+    slot_dev = dev if not paged.is_host else torch.device("cpu")
+    slots = (blocks.to(slot_dev, torch.int64)[:, None] * bs + torch.arange(bs, device=slot_dev)).reshape(-1)
+    planes = [p for row in paged_planes(spec, geometry, fused=fused) for p in row]
+    obj_planes = [o for row in kv_2ltd_planes(kv_planes, desc["nl"], chunk, row_bytes) for o in row]
+    for i, obj in enumerate(objects):
+        first_block = i * per_object
+        obj_slots = slots[first_block * bs : (first_block + per_object) * bs]
+        obj_skip = min(max(skip - first_block, 0), per_object) * bs
+        dispatch.run(planes, paged, obj_planes, obj, obj_slots, obj_skip, direction)

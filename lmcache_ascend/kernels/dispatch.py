@@ -1,0 +1,71 @@
+"""Backend choice and execution of one plane transfer.
+
+``$LMCACHE_ASCEND_KERNEL_BACKEND`` selects the backend:
+
+- ``auto`` (default): host C++ core when the paged buffers, the memory object
+  and the slot ids are all in host memory; the device-generic torch path
+  otherwise.
+- ``torch``: always the device-generic torch path (tests run it on CPU).
+- ``host``: always the C++ core; a device-resident argument is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from lmcache_ascend.core.planes import ObjectPlane, PagedPlane, plane_table
+from lmcache_ascend.kernels import host, torch_path
+from lmcache_ascend.kernels.paged import PagedBuffers
+
+BACKEND_ENV = "LMCACHE_ASCEND_KERNEL_BACKEND"
+BACKENDS = ("auto", "host", "torch")
+
+
+def backend_setting() -> str:
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {value!r}")
+    return value
+
+
+def use_host(paged: PagedBuffers, obj: torch.Tensor) -> bool:
+    setting = backend_setting()
+    on_host = paged.is_host and obj.device.type == "cpu"
+    if setting == "host" and not on_host:
+        raise ValueError(
+            f"{BACKEND_ENV}=host but the transfer touches device memory "
+            f"(paged on {paged.device}, object on {obj.device})"
+        )
+    return on_host and setting != "torch"
+
+
+def run(
+    paged_planes: Sequence[PagedPlane],
+    paged: PagedBuffers,
+    object_planes: Sequence[ObjectPlane],
+    obj: torch.Tensor,
+    slots: torch.Tensor,
+    skip_prefix: int,
+    direction: int,
+) -> None:
+    """Copy ``slots`` tokens along the planes (see ``core/planes.py``)."""
+    num_tokens = slots.numel()
+    if not paged_planes or num_tokens == 0 or skip_prefix >= num_tokens:
+        return
+    if use_host(paged, obj):
+        host_slots = slots.detach().cpu().contiguous()
+        table = plane_table(paged_planes, paged.ptrs, object_planes, obj.data_ptr())
+        host.run_planes(table, host_slots.data_ptr(), host_slots.element_size(), num_tokens, skip_prefix, direction)
+        return
+    torch_path.run_planes(
+        list(paged_planes),
+        paged.byte_tensors(),
+        list(object_planes),
+        torch_path.byte_view(obj),
+        slots,
+        skip_prefix,
+        direction,
+    )

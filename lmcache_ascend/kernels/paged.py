@@ -1,0 +1,94 @@
+"""The paged side of a transfer: buffers given as a pointer table or as tensors.
+
+Upstream ops accept ``key_value_ptrs`` either as an int64 tensor of base
+addresses (one per buffer, in the format's pointer-table order) or as the
+tensors themselves (a flat list, a list of per-layer ``(K, V)`` tuples, or
+SGLang's ``[[K layers], [V layers]]``). :func:`resolve_buffers` turns either
+into a :class:`PagedBuffers` after checking count, shape, dtype and device, so
+no bad address or undersized buffer reaches a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmcache_ascend.core.kv_format import FormatSpec
+from lmcache_ascend.core.planes import KVGeometry, buffer_bytes, buffer_count, buffer_shape
+from lmcache_ascend.kernels import torch_path
+from lmcache_ascend.kernels.validate import check_tensor, fail
+
+
+@dataclass
+class PagedBuffers:
+    spec: FormatSpec
+    geometry: KVGeometry
+    device: torch.device
+    ptrs: list[int]
+    tensors: list[torch.Tensor] | None  # kept alive for the call; None for pointer tables
+
+    @property
+    def is_host(self) -> bool:
+        return self.device.type == "cpu"
+
+    def byte_tensors(self) -> list[torch.Tensor]:
+        if self.tensors is not None:
+            return [torch_path.byte_view(t) for t in self.tensors]
+        size = buffer_bytes(self.spec, self.geometry)
+        return [torch_path.device_bytes(p, size, self.device) for p in self.ptrs]
+
+
+def engine_tensor(arg: object) -> torch.Tensor | None:
+    """The first KV tensor of ``arg``, or None when ``arg`` is a pointer table."""
+    while isinstance(arg, (list, tuple)) and arg:
+        arg = arg[0]
+    if isinstance(arg, torch.Tensor) and arg.dtype not in (torch.int64, torch.uint64):
+        return arg
+    return None
+
+
+def _flatten(arg: object) -> list[object]:
+    if not isinstance(arg, (list, tuple)):
+        return [arg]
+    flat: list[object] = []
+    for item in arg:
+        flat.extend(item if isinstance(item, (list, tuple)) else [item])
+    # [[K layers], [V layers]] and [(K0, V0), (K1, V1)] both flatten to pointer-table order.
+    return flat
+
+
+def resolve_buffers(
+    arg: object,
+    spec: FormatSpec,
+    geometry: KVGeometry,
+    device: torch.device,
+    dtype: torch.dtype,
+    name: str,
+) -> PagedBuffers:
+    """Validate ``arg`` (pointer tensor or tensors) against the expected buffers."""
+    need = buffer_count(spec, geometry)
+    if isinstance(arg, torch.Tensor) and arg.dtype in (torch.int64, torch.uint64) and arg.dim() == 1:
+        return _from_pointers(arg, spec, geometry, device, need, name)
+    if isinstance(arg, torch.Tensor) and spec.buffers == "single":
+        arg = [arg]
+    if not isinstance(arg, (list, tuple)):
+        fail(TypeError, name, f"must be an int64 pointer tensor or a list of tensors, got {type(arg).__name__}")
+    tensors = _flatten(arg)
+    if len(tensors) != need:
+        fail(ValueError, name, f"has {len(tensors)} buffers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
+    shape = buffer_shape(spec, geometry)
+    for i, t in enumerate(tensors):
+        check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtype, device=device, block_stride=geometry.block_stride_elems)
+    return PagedBuffers(spec, geometry, device, [t.data_ptr() for t in tensors], tensors)
+
+
+def _from_pointers(
+    ptrs: torch.Tensor, spec: FormatSpec, geometry: KVGeometry, device: torch.device, need: int, name: str
+) -> PagedBuffers:
+    if ptrs.numel() < need:
+        fail(ValueError, name, f"has {ptrs.numel()} pointers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
+    values = [int(p) for p in ptrs[:need].tolist()]
+    if any(p == 0 for p in values):
+        fail(ValueError, name, f"holds a null pointer at index {values.index(0)}")
+    return PagedBuffers(spec, geometry, device, values, None)

@@ -1,0 +1,121 @@
+"""Argument checks shared by every op.
+
+Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
+(wrong shape, range or device) whose message starts with the argument's name,
+before any byte is copied. Nothing that fails here can reach the C++ core.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import torch
+
+from lmcache_ascend.core.kv_format import FormatSpec, format_spec
+
+H2D = 0
+D2H = 1
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def fail(kind: type[Exception], name: str, message: str) -> NoReturn:
+    raise kind(f"{name} {message}")
+
+
+def _enum_value(value: object, name: str, kind: str) -> int:
+    """int of an int, IntEnum or pybind11 enum (those are not int subclasses)."""
+    if isinstance(value, bool) or isinstance(value, (float, str, bytes)) or not hasattr(value, "__int__"):
+        fail(TypeError, name, f"must be a {kind} or int, got {type(value).__name__}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_format(value: object, name: str = "engine_kv_format") -> FormatSpec:
+    number = _enum_value(value, name, "EngineKVFormat")
+    try:
+        return format_spec(number)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def check_direction(value: object, name: str = "direction") -> int:
+    number = _enum_value(value, name, "TransferDirection")
+    if number not in (H2D, D2H):
+        fail(ValueError, name, f"must be 0 (H2D, object -> paged) or 1 (D2H, paged -> object), got {number}")
+    return number
+
+
+def check_int(value: object, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(TypeError, name, f"must be an int, got {type(value).__name__}")
+    if value < minimum:
+        fail(ValueError, name, f"must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_tensor(
+    t: object,
+    name: str,
+    *,
+    ndim: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    dense: bool = True,
+    block_stride: int = 0,
+) -> torch.Tensor:
+    """Check kind, rank, shape, dtype, device and density (``block_stride``
+    relaxes only the outermost stride, for views into blocks-first pools)."""
+    if not isinstance(t, torch.Tensor):
+        fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        fail(ValueError, name, f"must be {ndim}-D, got shape {list(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        fail(ValueError, name, f"has shape {list(t.shape)}, expected {list(shape)}")
+    if dtype is not None and t.dtype != dtype:
+        fail(TypeError, name, f"has dtype {t.dtype}, expected {dtype}")
+    if device is not None and t.device.type != torch.device(device).type:
+        fail(ValueError, name, f"is on {t.device}, expected {device}")
+    if dense and not _is_dense(t, block_stride):
+        fail(ValueError, name, f"must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
+    return t
+
+
+def _is_dense(t: torch.Tensor, block_stride: int) -> bool:
+    if t.is_contiguous():
+        return True
+    if not block_stride or t.dim() < 2:
+        return False
+    return t.stride(0) == block_stride and t[0].is_contiguous()
+
+
+def check_slots(
+    slots: object,
+    name: str,
+    num_tokens: int,
+    num_slots: int,
+    skip_prefix: int = 0,
+) -> torch.Tensor:
+    """1-D int32/int64 tensor of ``num_tokens`` entries, each < ``num_slots``
+    (negative entries mean "skip this token")."""
+    t = check_tensor(slots, name, ndim=1, dense=False)
+    if t.dtype not in _INT_DTYPES:
+        fail(TypeError, name, f"must hold int32 or int64 slot ids, got {t.dtype}")
+    if t.numel() != num_tokens:
+        fail(ValueError, name, f"has {t.numel()} entries for {num_tokens} tokens")
+    live = t[skip_prefix:]
+    if live.numel() and int(live.max()) >= num_slots:
+        bad = int(torch.nonzero(live >= num_slots)[0]) + skip_prefix
+        fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside the paged buffer ({num_slots} slots)")
+    return t
+
+
+def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tensor:
+    if isinstance(block_ids, (list, tuple)):
+        block_ids = torch.tensor(block_ids, dtype=torch.int64)
+    t = check_tensor(block_ids, name, ndim=1, dense=False)
+    if t.dtype not in _INT_DTYPES:
+        fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_blocks):
+        bad = int(torch.nonzero((t < 0) | (t >= num_blocks))[0])
+        fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside [0, {num_blocks})")
+    return t
