@@ -25,7 +25,8 @@ constexpr int kPlaneFields = static_cast<int>(sizeof(la::PlaneSpec) / sizeof(int
 
 void transfer_planes_py(const py::array_t<int64_t, py::array::c_style>& planes,
                         uintptr_t slots_addr, int slots_itemsize, int64_t num_tokens,
-                        int64_t skip_prefix, int direction, int num_threads) {
+                        int64_t skip_prefix, int direction, int num_threads,
+                        bool streaming) {
   if (planes.ndim() != 2 || planes.shape(1) != kPlaneFields) {
     throw py::value_error("planes must be an int64 array of shape [P, 10]");
   }
@@ -34,7 +35,7 @@ void transfer_planes_py(const py::array_t<int64_t, py::array::c_style>& planes,
   const int64_t count = planes.shape(0);
   py::gil_scoped_release release;
   la::transfer_planes(specs, count, slots, skip_prefix,
-                      static_cast<la::Direction>(direction), num_threads);
+                      static_cast<la::Direction>(direction), num_threads, streaming);
 }
 
 void batched_copy_py(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
@@ -57,7 +58,7 @@ PYBIND11_MODULE(_kvcore, m) {
 
   m.def("transfer_planes", &transfer_planes_py, py::arg("planes"), py::arg("slots_addr"),
         py::arg("slots_itemsize"), py::arg("num_tokens"), py::arg("skip_prefix"),
-        py::arg("direction"), py::arg("num_threads"),
+        py::arg("direction"), py::arg("num_threads"), py::arg("streaming") = false,
         "Copy between paged buffers and memory objects along a plane table.");
   m.def("batched_copy", &batched_copy_py, py::arg("src"), py::arg("dst"), py::arg("sizes"),
         py::arg("num_threads"));

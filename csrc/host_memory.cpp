@@ -76,11 +76,58 @@ int64_t host_live_allocations() {
   return static_cast<int64_t>(registry().size());
 }
 
+namespace {
+
+// True when some destination range intersects any other range (a source, or
+// another destination). Then the entries must run one after another, in
+// order, with memmove: that is what the upstream host loop does.
+bool any_overlap(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
+                 const std::vector<int64_t>& sizes) {
+  struct Range {
+    uintptr_t begin, end;
+    bool is_dst;
+  };
+  std::vector<Range> ranges;
+  ranges.reserve(2 * sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] <= 0) continue;
+    const auto n = static_cast<uintptr_t>(sizes[i]);
+    ranges.push_back({src[i], src[i] + n, false});
+    ranges.push_back({dst[i], dst[i] + n, true});
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  // Sweep: a range that starts before the furthest end seen so far overlaps.
+  uintptr_t reach = 0;
+  bool reach_is_dst = false;
+  for (const Range& r : ranges) {
+    if (r.begin < reach && (r.is_dst || reach_is_dst)) return true;
+    if (r.end > reach) {
+      reach = r.end;
+      reach_is_dst = r.is_dst;
+    } else {
+      reach_is_dst = reach_is_dst || r.is_dst;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 void batched_copy(const std::vector<uintptr_t>& src,
                   const std::vector<uintptr_t>& dst,
                   const std::vector<int64_t>& sizes, int num_threads) {
   if (src.size() != dst.size() || src.size() != sizes.size()) {
     throw std::invalid_argument("src, dst and sizes must have the same length");
+  }
+  if (any_overlap(src, dst, sizes)) {
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      if (sizes[i] < 0) throw std::invalid_argument("sizes must be >= 0");
+      if (sizes[i] == 0) continue;
+      std::memmove(reinterpret_cast<void*>(dst[i]), reinterpret_cast<const void*>(src[i]),
+                   static_cast<size_t>(sizes[i]));
+    }
+    return;
   }
   // Slice large copies so one big entry does not serialize on one thread.
   struct Slice {

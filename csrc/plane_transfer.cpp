@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "stream_copy.h"
 #include "thread_pool.h"
 
 namespace lmcache_ascend {
@@ -26,7 +27,7 @@ struct PlaneShape {
 PlaneShape shape_of(const PlaneSpec& p) {
   PlaneShape s;
   s.row_bytes = p.num_heads * p.head_bytes;
-  s.heads_dense = p.num_heads == 1 || p.head_stride == p.head_bytes;
+  s.heads_dense = p.parts == 1 && (p.num_heads == 1 || p.head_stride == p.head_bytes);
   s.tokens_dense = s.heads_dense && p.token_stride == s.row_bytes &&
                    p.obj_token_stride == s.row_bytes;
   return s;
@@ -41,9 +42,10 @@ void check_plane(const PlaneSpec& p, int64_t index) {
   if (p.block_size <= 0) bad("block_size must be > 0");
   if (p.num_slots < 0) bad("num_slots must be >= 0");
   if (p.block_stride < 0 || p.token_stride < 0 || p.head_stride < 0 ||
-      p.obj_token_stride < 0) {
+      p.obj_token_stride < 0 || p.obj_part_stride < 0) {
     bad("strides must be >= 0");
   }
+  if (p.parts <= 0 || p.head_bytes % p.parts != 0) bad("parts must divide head_bytes");
 }
 
 void check_slots(const SlotList& slots, int64_t begin, int64_t num_slots) {
@@ -57,19 +59,29 @@ void check_slots(const SlotList& slots, int64_t begin, int64_t num_slots) {
   }
 }
 
-inline void copy_bytes(char* paged, char* obj, int64_t n, Direction d) {
-  if (d == Direction::kToObject) {
-    std::memcpy(obj, paged, static_cast<size_t>(n));
-  } else {
-    std::memcpy(paged, obj, static_cast<size_t>(n));
+// Streaming stores pay off only for runs of several cache lines.
+constexpr int64_t kStreamingMinBytes = 256;
+
+struct Copier {
+  Direction direction;
+  bool streaming;
+
+  void operator()(char* paged, char* obj, int64_t n) const {
+    char* dst = direction == Direction::kToObject ? obj : paged;
+    const char* src = direction == Direction::kToObject ? paged : obj;
+    if (streaming && n >= kStreamingMinBytes) {
+      copy_streaming(dst, src, static_cast<size_t>(n));
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(n));
+    }
   }
-}
+};
 
 // Copies tokens [begin, end) of one plane, merging runs of consecutive slots
 // inside one block into a single memcpy when both sides are dense.
 void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
                       const SlotList& slots, int64_t begin, int64_t end,
-                      Direction d) {
+                      const Copier& copy_bytes) {
   char* const paged_base = reinterpret_cast<char*>(p.paged_base);
   char* const obj_base = reinterpret_cast<char*>(p.obj_base);
   int64_t t = begin;
@@ -87,15 +99,23 @@ void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
       int64_t run = 1;
       const int64_t room = std::min(end - t, p.block_size - offset);
       while (run < room && slots.at(t + run) == slot + run) ++run;
-      copy_bytes(paged, obj, run * s.row_bytes, d);
+      copy_bytes(paged, obj, run * s.row_bytes);
       t += run;
       continue;
     }
     if (s.heads_dense) {
-      copy_bytes(paged, obj, s.row_bytes, d);
-    } else {
+      copy_bytes(paged, obj, s.row_bytes);
+    } else if (p.parts == 1) {
       for (int64_t h = 0; h < p.num_heads; ++h) {
-        copy_bytes(paged + h * p.head_stride, obj + h * p.head_bytes, p.head_bytes, d);
+        copy_bytes(paged + h * p.head_stride, obj + h * p.head_bytes, p.head_bytes);
+      }
+    } else {
+      const int64_t piece = p.head_bytes / p.parts;
+      for (int64_t h = 0; h < p.num_heads; ++h) {
+        for (int64_t k = 0; k < p.parts; ++k) {
+          copy_bytes(paged + h * p.head_stride + k * piece,
+                     obj + k * p.obj_part_stride + h * piece, piece);
+        }
       }
     }
     ++t;
@@ -106,7 +126,7 @@ void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
 
 void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
                      const SlotList& slots, int64_t skip_prefix,
-                     Direction direction, int num_threads) {
+                     Direction direction, int num_threads, bool streaming) {
   if (num_planes < 0) throw std::invalid_argument("num_planes must be >= 0");
   if (slots.count < 0) throw std::invalid_argument("slot count must be >= 0");
   if (slots.itemsize != 4 && slots.itemsize != 8) {
@@ -134,11 +154,13 @@ void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
   const int64_t total_bytes = tokens * max_row * num_planes;
   const int threads = total_bytes < kParallelThresholdBytes ? 1 : num_threads;
 
+  const Copier copier{direction, streaming};
   parallel_for(num_planes * tiles_per_plane, threads, [&](int64_t task) {
     const PlaneSpec& p = planes[task / tiles_per_plane];
     const int64_t t0 = begin + (task % tiles_per_plane) * tile;
     const int64_t t1 = std::min(slots.count, t0 + tile);
-    copy_token_range(p, shape_of(p), slots, t0, t1, direction);
+    copy_token_range(p, shape_of(p), slots, t0, t1, copier);
+    if (streaming) store_fence();
   });
 }
 

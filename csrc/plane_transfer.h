@@ -12,6 +12,12 @@
 //   object address of (token, head) = obj_base + token * obj_token_stride
 //                                    + head * head_bytes
 //
+// With `parts` > 1 each head run is cut into `parts` equal pieces and piece k
+// lives at obj_base + k * obj_part_stride + token * obj_token_stride
+// + head * (head_bytes / parts). This moves packed [K | V] heads (vLLM CPU)
+// into separate K and V rows in one pass, writing and reading both sides in
+// address order.
+//
 // Direction follows lmcache.lmcache_native.TransferDirection:
 //   0 (H2D) memory object -> paged buffer (load), 1 (D2H) paged -> object (store).
 // Tokens with slot < 0 and the first `skip_prefix` tokens are left untouched.
@@ -33,9 +39,11 @@ struct PlaneSpec {
   int64_t num_slots;
   int64_t obj_base;
   int64_t obj_token_stride;
+  int64_t parts;
+  int64_t obj_part_stride;
 };
-static_assert(sizeof(PlaneSpec) == 10 * sizeof(int64_t),
-              "PlaneSpec must stay a flat row of ten int64 fields");
+static_assert(sizeof(PlaneSpec) == 12 * sizeof(int64_t),
+              "PlaneSpec must stay a flat row of twelve int64 fields");
 
 enum class Direction : int { kToPaged = 0, kToObject = 1 };
 
@@ -51,8 +59,9 @@ struct SlotList {
 
 // Validates plane geometry and slot ranges, then copies. Throws
 // std::invalid_argument / std::out_of_range without copying on bad input.
+// `streaming` writes the destination with non-temporal stores (stream_copy.h).
 void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
                      const SlotList& slots, int64_t skip_prefix,
-                     Direction direction, int num_threads);
+                     Direction direction, int num_threads, bool streaming);
 
 }  // namespace lmcache_ascend

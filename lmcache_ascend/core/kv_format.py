@@ -73,6 +73,11 @@ class FormatSpec:
         return "NH" in self.axes and self.axes.index("NH") < self.axes.index(self._token_axis)
 
     @property
+    def kv_inner(self) -> bool:
+        """K and V of one head sit side by side (``... TWO, HS``)."""
+        return self.axes[-2:] == ("TWO", "HS")
+
+    @property
     def pbs_fused(self) -> bool:
         return "PBS" in self.axes
 
@@ -101,8 +106,8 @@ FORMATS: dict[KVFormat, FormatSpec] = {
         _spec(F.NL_X_NB_TWO_NH_BS_HS, "layer", "NB TWO NH BS HS", "vllm flashinfer HND"),
         _spec(F.NB_NL_TWO_NH_BS_HS, "single", "NB NL TWO NH BS HS", "vllm cross-layer HND"),
         _spec(F.TWO_X_NL_X_NB_BS_NH_HS, "kv_layer", "NB BS NH HS", "sglang MHA paged", "sglang NPU"),
-        _spec(F.NL_X_NB_NH_BS_TWO_HS, "layer", "NB NH BS TWO HS", "vllm blocks-first HND"),
-        _spec(F.NL_X_NB_BS_NH_TWO_HS, "layer", "NB BS NH TWO HS", "vllm blocks-first NHD"),
+        _spec(F.NL_X_NB_NH_BS_TWO_HS, "layer", "NB NH BS TWO HS", "vllm blocks-first HND (deprecated name of 12)", packed=True),
+        _spec(F.NL_X_NB_BS_NH_TWO_HS, "layer", "NB BS NH TWO HS", "vllm blocks-first NHD (deprecated name of 13)", packed=True),
         _spec(F.NL_X_NB_NH_BS_CS, "layer", "NB NH BS TWO HS", "vllm CPU", packed=True),
         _spec(F.NL_X_NB_BS_NH_CS, "layer", "NB BS NH TWO HS", "vllm fused NHD", packed=True),
         _spec(F.NL_X_TWO_NB_NH_ONE_BS_HS, "layer", "TWO NB NH ONE BS HS", "vllm-rbln"),

@@ -10,7 +10,10 @@ table): ``slot -> offset + (slot // block_size) * block_stride
 of ``head_bytes`` bytes each.
 
 Object side (:class:`ObjectPlane`): token ``t``'s row starts at
-``offset + t * token_stride`` and is ``num_heads * head_bytes`` bytes.
+``offset + t * token_stride`` and is ``num_heads * head_bytes`` bytes. A paged
+plane with ``parts > 1`` (K and V of a head side by side, as in vLLM CPU's
+packed layout) sends piece ``k`` of every head to ``offset + k * part_stride``,
+so one pass moves a layer into separate K and V rows.
 
 Memory-object layouts (LMCache ``MemoryFormat``), ``H = num_heads * head_size``:
 
@@ -21,6 +24,7 @@ Memory-object layouts (LMCache ``MemoryFormat``), ``H = num_heads * head_size``:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -30,7 +34,7 @@ import numpy as np
 
 from lmcache_ascend.core.kv_format import FormatSpec
 
-PLANE_FIELDS = 10
+PLANE_FIELDS = 12
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class PagedPlane:
     head_bytes: int
     block_size: int
     num_slots: int
+    parts: int = 1
 
     @property
     def row_bytes(self) -> int:
@@ -77,6 +82,7 @@ class PagedPlane:
 class ObjectPlane:
     offset: int
     token_stride: int
+    part_stride: int = 0
 
 
 def _axis_sizes(spec: FormatSpec, g: KVGeometry) -> dict[str, int]:
@@ -146,12 +152,15 @@ def paged_planes(
     moves for formats 12/13. Otherwise K and V are separate planes, which is
     the ``KV_2LTD`` object every other format produces.
     """
-    if fused and not spec.packed:
+    if fused and not spec.kv_inner:
         raise ValueError(f"{spec.fmt.name} has no packed K/V axis to keep fused")
     layers = range(g.num_layers) if layers is None else layers
     strides = _byte_strides(spec, g)
     pbs = spec.pbs_fused
-    head_bytes = g.head_size * g.itemsize * (2 if fused else 1)
+    # Formats with K and V side by side inside a head are walked as one plane
+    # per layer: each head run covers [K | V] and is split on the object side.
+    inner = spec.kv_inner
+    head_bytes = g.head_size * g.itemsize * (2 if inner else 1)
     common = dict(
         block_stride=g.num_slots * strides["PBS"] if pbs else strides["NB"],
         token_stride=strides["PBS"] if pbs else strides["BS"],
@@ -160,8 +169,9 @@ def paged_planes(
         head_bytes=head_bytes,
         block_size=g.num_slots if pbs else g.block_size,
         num_slots=g.num_slots,
+        parts=2 if inner and not fused else 1,
     )
-    kv_planes = 1 if fused else spec.kv_size
+    kv_planes = 1 if inner else spec.kv_size
     return tuple(
         tuple(
             PagedPlane(*_locate(spec, strides, layer, kv, g.num_layers), **common)
@@ -199,27 +209,82 @@ def single_layer_planes(kv_size: int, num_tokens: int, row_bytes: int, token_maj
     return [ObjectPlane(kv * num_tokens * row_bytes, row_bytes) for kv in range(kv_size)]
 
 
-def plane_table(
-    paged: Sequence[PagedPlane],
-    buffer_ptrs: Sequence[int],
-    objects: Sequence[ObjectPlane],
-    object_ptr: int,
-) -> np.ndarray:
-    """The int64 ``[P, 10]`` table ``csrc/plane_transfer.h`` reads (``PlaneSpec``)."""
-    if len(paged) != len(objects):
-        raise ValueError(f"{len(paged)} paged planes but {len(objects)} object planes")
-    table = np.empty((len(paged), PLANE_FIELDS), dtype=np.int64)
-    for i, (p, o) in enumerate(zip(paged, objects)):
-        table[i] = (
-            buffer_ptrs[p.buffer] + p.offset,
-            p.block_stride,
-            p.token_stride,
-            p.head_stride,
-            p.num_heads,
-            p.head_bytes,
-            p.block_size,
-            p.num_slots,
-            object_ptr + o.offset,
-            o.token_stride,
-        )
-    return table
+@dataclass(frozen=True, eq=False)
+class PlaneSet:
+    """Matched paged and object planes, with their ``PlaneSpec`` rows prebuilt.
+
+    ``table`` holds addresses relative to each plane's buffer (column 0) and
+    to the memory object (column 8); :meth:`bind` adds the real base
+    addresses, so a cached set costs one small numpy add per call.
+    """
+
+    paged: tuple[PagedPlane, ...]
+    objects: tuple[ObjectPlane, ...]
+    table: np.ndarray
+    buffer_index: np.ndarray
+
+    @classmethod
+    def build(cls, paged: Sequence[PagedPlane], objects: Sequence[ObjectPlane]) -> PlaneSet:
+        if len(paged) != len(objects):
+            raise ValueError(f"{len(paged)} paged planes but {len(objects)} object planes")
+        table = np.array(
+            [
+                (p.offset, p.block_stride, p.token_stride, p.head_stride, p.num_heads, p.head_bytes,
+                 p.block_size, p.num_slots, o.offset, o.token_stride, p.parts, o.part_stride)
+                for p, o in zip(paged, objects)
+            ],
+            dtype=np.int64,
+        ).reshape(len(paged), PLANE_FIELDS)
+        index = np.array([p.buffer for p in paged], dtype=np.int64)
+        table.setflags(write=False)
+        index.setflags(write=False)
+        return cls(tuple(paged), tuple(objects), table, index)
+
+    def bind(self, buffer_ptrs: np.ndarray, object_ptr: int) -> np.ndarray:
+        """The int64 ``[P, 10]`` table ``csrc/plane_transfer.h`` reads (``PlaneSpec``)."""
+        table = self.table.copy()
+        table[:, 0] += buffer_ptrs[self.buffer_index]
+        table[:, 8] += object_ptr
+        return table
+
+
+def _row_bytes(spec: FormatSpec, g: KVGeometry, fused: bool) -> int:
+    heads = 1 if spec.mla else g.num_heads
+    return heads * g.head_size * g.itemsize * (2 if fused else 1)
+
+
+@functools.lru_cache(maxsize=512)
+def multi_layer_plane_set(
+    spec: FormatSpec,
+    g: KVGeometry,
+    num_tokens: int,
+    fused: bool = False,
+    object_layers: int | None = None,
+    object_layer_offset: int = 0,
+) -> PlaneSet:
+    """Every layer of ``g`` <-> a ``[kv, L, T, H]`` object (``KV_2LTD`` / ``KV_MLA_FMT``).
+
+    Paged layer ``l`` maps to object layer ``object_layer_offset + l`` of an
+    object holding ``object_layers`` layers (default: the paged layer count).
+    """
+    kv_planes = 1 if fused else spec.kv_size
+    total = g.num_layers if object_layers is None else object_layers
+    layers = range(object_layer_offset, object_layer_offset + g.num_layers)
+    row = _row_bytes(spec, g, fused)
+    objects = [o for r in kv_2ltd_planes(kv_planes, total, num_tokens, row, layers) for o in r]
+    paged = [p for r in paged_planes(spec, g, fused=fused) for p in r]
+    if spec.kv_inner and not fused:
+        # One paged plane per layer; its V half lands one K/V plane further on.
+        objects = [dataclasses.replace(o, part_stride=total * num_tokens * row) for o in objects[::2]]
+    return PlaneSet.build(paged, objects)
+
+
+@functools.lru_cache(maxsize=512)
+def single_layer_plane_set(spec: FormatSpec, g: KVGeometry, num_tokens: int, token_major: bool) -> PlaneSet:
+    """Layer 0 of ``g`` <-> a one-layer object ``[T, kv, H]`` or ``[kv, T, H]``."""
+    row = _row_bytes(spec, g, False)
+    objects = single_layer_planes(spec.kv_size, num_tokens, row, token_major)
+    paged = list(paged_planes(spec, g)[0])
+    if spec.kv_inner:
+        objects = [dataclasses.replace(objects[0], part_stride=objects[1].offset - objects[0].offset)]
+    return PlaneSet.build(paged, objects)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import torch
 
-from lmcache_ascend.core.planes import KVGeometry, kv_2ltd_planes, paged_planes
+from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set
 from lmcache_ascend.kernels import dispatch, torch_path
 from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers
 from lmcache_ascend.kernels.validate import (
     check_block_ids,
+    check_device,
     check_direction,
     check_format,
     check_int,
@@ -59,8 +60,8 @@ def _desc_dtype(shape_desc: object, element_size: int) -> torch.dtype:
 
 
 def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
-    fused = spec.packed and desc["kv_size"] == 1
-    allowed = (1, 2) if spec.packed else (spec.kv_size,)
+    fused = spec.kv_inner and desc["kv_size"] == 1
+    allowed = (1, 2) if spec.kv_inner else (spec.kv_size,)
     if desc["kv_size"] not in allowed:
         fail(ValueError, "shape_desc.kv_size", f"is {desc['kv_size']}; {spec.fmt.name} needs {' or '.join(map(str, allowed))}")
     head_size = desc["hs"]
@@ -122,7 +123,7 @@ def multi_layer_block_kv_transfer(
     if chunk % desc["bs"]:
         fail(ValueError, "lmcache_chunk_size", f"{chunk} is not a multiple of the block size {desc['bs']}")
     skip = check_int(skip_prefix_n_blocks, "skip_prefix_n_blocks")
-    dev = torch.device(device)
+    dev = check_device(device, "device")
     blocks = check_block_ids(block_ids, "block_ids", desc["nb"])
     per_object = chunk // desc["bs"]
     num_objects = -(-blocks.numel() // per_object)
@@ -139,10 +140,9 @@ def multi_layer_block_kv_transfer(
     bs = desc["bs"]
     slot_dev = dev if not paged.is_host else torch.device("cpu")
     slots = (blocks.to(slot_dev, torch.int64)[:, None] * bs + torch.arange(bs, device=slot_dev)).reshape(-1)
-    planes = [p for row in paged_planes(spec, geometry, fused=fused) for p in row]
-    obj_planes = [o for row in kv_2ltd_planes(kv_planes, desc["nl"], chunk, row_bytes) for o in row]
+    planes = multi_layer_plane_set(spec, geometry, chunk, fused)
     for i, obj in enumerate(objects):
         first_block = i * per_object
         obj_slots = slots[first_block * bs : (first_block + per_object) * bs]
         obj_skip = min(max(skip - first_block, 0), per_object) * bs
-        dispatch.run(planes, paged, obj_planes, obj, obj_slots, obj_skip, direction)
+        dispatch.run(planes, paged, obj, obj_slots, obj_skip, direction)

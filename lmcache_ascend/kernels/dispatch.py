@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-
 import torch
 
-from lmcache_ascend.core.planes import ObjectPlane, PagedPlane, plane_table
+from lmcache_ascend.core.planes import PlaneSet
 from lmcache_ascend.kernels import host, torch_path
 from lmcache_ascend.kernels.paged import PagedBuffers
 
@@ -43,9 +41,8 @@ def use_host(paged: PagedBuffers, obj: torch.Tensor) -> bool:
 
 
 def run(
-    paged_planes: Sequence[PagedPlane],
+    planes: PlaneSet,
     paged: PagedBuffers,
-    object_planes: Sequence[ObjectPlane],
     obj: torch.Tensor,
     slots: torch.Tensor,
     skip_prefix: int,
@@ -53,17 +50,17 @@ def run(
 ) -> None:
     """Copy ``slots`` tokens along the planes (see ``core/planes.py``)."""
     num_tokens = slots.numel()
-    if not paged_planes or num_tokens == 0 or skip_prefix >= num_tokens:
+    if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
         return
     if use_host(paged, obj):
-        host_slots = slots.detach().cpu().contiguous()
-        table = plane_table(paged_planes, paged.ptrs, object_planes, obj.data_ptr())
+        host_slots = slots if slots.device.type == "cpu" and slots.is_contiguous() else slots.cpu().contiguous()
+        table = planes.bind(paged.ptrs, obj.data_ptr())
         host.run_planes(table, host_slots.data_ptr(), host_slots.element_size(), num_tokens, skip_prefix, direction)
         return
     torch_path.run_planes(
-        list(paged_planes),
+        list(planes.paged),
         paged.byte_tensors(),
-        list(object_planes),
+        list(planes.objects),
         torch_path.byte_view(obj),
         slots,
         skip_prefix,

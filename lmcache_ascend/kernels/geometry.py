@@ -28,7 +28,7 @@ def heads_matter(spec: FormatSpec) -> bool:
     if spec.mla:
         return False
     token = spec.axes.index("PBS" if spec.pbs_fused else "BS")
-    return spec.is_hnd or spec.packed or spec.axes[token + 1] != "NH"
+    return spec.is_hnd or spec.kv_inner or spec.axes[token + 1] != "NH"
 
 
 def slot_geometry(
@@ -50,8 +50,8 @@ def slot_geometry(
     ``KV_2LTD``) or ``1`` (each head's ``[K | V]`` slice kept, as upstream's CUDA
     kernel does; then ``head_size`` is the size of K alone, as there).
     """
-    fused = spec.packed and kv_planes == 1
-    allowed = (1, 2) if spec.packed else (spec.kv_size,)
+    fused = spec.kv_inner and kv_planes == 1
+    allowed = (1, 2) if spec.kv_inner else (spec.kv_size,)
     if kv_planes not in allowed:
         fail(ValueError, "key_value", f"has {kv_planes} K/V planes; {spec.fmt.name} needs {' or '.join(map(str, allowed))}")
     if page_buffer_size % max(block_size, 1):

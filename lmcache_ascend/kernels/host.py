@@ -7,6 +7,7 @@ released inside the C++ call.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -14,14 +15,18 @@ import numpy as np
 from lmcache_ascend import _kvcore
 
 NUM_THREADS_ENV = "LMCACHE_ASCEND_NUM_THREADS"
+STREAMING_ENV = "LMCACHE_ASCEND_STREAMING_STORES"
 _DEFAULT_MAX_THREADS = 16
+# From this size a transfer is memory-bound on every host we measured, and
+# non-temporal stores beat ordinary ones (benchmarks/kernels.py, cold caches).
+STREAMING_MIN_BYTES = 4 << 20
 
 
 def num_threads() -> int:
     """Worker threads for host copies: ``$LMCACHE_ASCEND_NUM_THREADS`` or all cores (max 16)."""
     raw = os.environ.get(NUM_THREADS_ENV)
     if raw is None:
-        return min(_kvcore.hardware_threads(), _DEFAULT_MAX_THREADS)
+        return _default_threads()
     try:
         value = int(raw)
     except ValueError:
@@ -31,11 +36,29 @@ def num_threads() -> int:
     return value
 
 
+@functools.cache
+def _default_threads() -> int:
+    return min(_kvcore.hardware_threads(), _DEFAULT_MAX_THREADS)
+
+
+def use_streaming(nbytes: int) -> bool:
+    """``$LMCACHE_ASCEND_STREAMING_STORES``: ``auto`` (default: transfers of at
+    least 4 MiB), ``on`` or ``off``."""
+    setting = os.environ.get(STREAMING_ENV, "auto").strip().lower() or "auto"
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"{STREAMING_ENV} must be auto, on or off, got {setting!r}")
+    return setting == "on" or (setting == "auto" and nbytes >= STREAMING_MIN_BYTES)
+
+
 def run_planes(table: np.ndarray, slots_ptr: int, slots_itemsize: int, num_tokens: int, skip_prefix: int, direction: int) -> None:
     """Execute one plane table (see ``csrc/plane_transfer.h``)."""
     if table.shape[0] == 0 or num_tokens == 0:
         return
-    _kvcore.transfer_planes(table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads())
+    # Columns 4 and 5: heads and bytes per head, i.e. one token's row per plane.
+    nbytes = int((table[:, 4] * table[:, 5]).sum()) * (num_tokens - skip_prefix)
+    _kvcore.transfer_planes(
+        table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads(), use_streaming(nbytes)
+    )
 
 
 def batched_copy(src: list[int], dst: list[int], sizes: list[int]) -> None:

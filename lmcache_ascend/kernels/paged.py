@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec
@@ -25,7 +26,7 @@ class PagedBuffers:
     spec: FormatSpec
     geometry: KVGeometry
     device: torch.device
-    ptrs: list[int]
+    ptrs: np.ndarray  # int64 base address per buffer, pointer-table order
     tensors: list[torch.Tensor] | None  # kept alive for the call; None for pointer tables
 
     @property
@@ -36,7 +37,7 @@ class PagedBuffers:
         if self.tensors is not None:
             return [torch_path.byte_view(t) for t in self.tensors]
         size = buffer_bytes(self.spec, self.geometry)
-        return [torch_path.device_bytes(p, size, self.device) for p in self.ptrs]
+        return [torch_path.device_bytes(int(p), size, self.device) for p in self.ptrs]
 
 
 def engine_tensor(arg: object) -> torch.Tensor | None:
@@ -80,7 +81,8 @@ def resolve_buffers(
     shape = buffer_shape(spec, geometry)
     for i, t in enumerate(tensors):
         check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtype, device=device, block_stride=geometry.block_stride_elems)
-    return PagedBuffers(spec, geometry, device, [t.data_ptr() for t in tensors], tensors)
+    ptrs = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
+    return PagedBuffers(spec, geometry, device, ptrs, tensors)
 
 
 def _from_pointers(
@@ -88,7 +90,10 @@ def _from_pointers(
 ) -> PagedBuffers:
     if ptrs.numel() < need:
         fail(ValueError, name, f"has {ptrs.numel()} pointers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
-    values = [int(p) for p in ptrs[:need].tolist()]
-    if any(p == 0 for p in values):
-        fail(ValueError, name, f"holds a null pointer at index {values.index(0)}")
+    if ptrs.device.type == "cpu" and ptrs.dtype == torch.int64:
+        values = ptrs.numpy()[:need]  # zero-copy view: the table is only read
+    else:
+        values = np.array(ptrs[:need].tolist(), dtype=np.int64)
+    if not values.all():
+        fail(ValueError, name, f"holds a null pointer at index {int(np.argmin(values != 0))}")
     return PagedBuffers(spec, geometry, device, values, None)

@@ -34,13 +34,14 @@ import dataclasses
 import torch
 
 from lmcache_ascend.core.kv_format import KVFormat, format_spec
-from lmcache_ascend.core.planes import KVGeometry, kv_2ltd_planes, paged_planes, single_layer_planes
+from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.kernels import dispatch
 from lmcache_ascend.kernels.geometry import block_size_matters, slot_geometry, tensor_geometry
 from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers
 from lmcache_ascend.kernels.validate import (
     H2D,
     D2H,
+    check_device,
     check_direction,
     check_format,
     check_int,
@@ -48,10 +49,6 @@ from lmcache_ascend.kernels.validate import (
     check_tensor,
     fail,
 )
-
-
-def _flat(rows):
-    return [p for row in rows for p in row]
 
 
 def multi_layer_kv_transfer(
@@ -88,19 +85,18 @@ def multi_layer_kv_transfer(
         geometry, fused = _geometry_from_tensors(spec, first, **scalars)
     else:
         geometry, fused = slot_geometry(spec, **scalars)
-    device = torch.device(paged_memory_device)
+    device = check_device(paged_memory_device, "paged_memory_device")
     paged = resolve_buffers(key_value_ptrs, spec, geometry, device, kv.dtype, "key_value_ptrs")
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, geometry.num_slots, skip)
-    planes = _flat(paged_planes(spec, geometry, fused=fused))
-    objects = _flat(kv_2ltd_planes(kv_planes, num_layers, num_tokens, row * kv.element_size()))
-    dispatch.run(planes, paged, objects, kv, slots, skip, direction)
+    planes = multi_layer_plane_set(spec, geometry, num_tokens, fused)
+    dispatch.run(planes, paged, kv, slots, skip, direction)
 
 
 def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeometry, bool]:
     """Paged tensors are authoritative; the scalar arguments must agree with them."""
     kv_planes, row = scalars["kv_planes"], scalars["row_elems"]
-    fused = spec.packed and kv_planes == 1
-    if kv_planes not in ((1, 2) if spec.packed else (spec.kv_size,)):
+    fused = spec.kv_inner and kv_planes == 1
+    if kv_planes not in ((1, 2) if spec.kv_inner else (spec.kv_size,)):
         fail(ValueError, "key_value", f"has {kv_planes} K/V planes, which {spec.fmt.name} does not produce")
     g = tensor_geometry(spec, tuple(first.shape), first.element_size(), scalars["num_layers"], "key_value_ptrs[0]")
     g = dataclasses.replace(g, block_stride_elems=scalars["block_stride_elems"])
@@ -189,9 +185,8 @@ def _single_layer(spec, g: KVGeometry, buffers, name: str, lmc, slot_mapping, di
     device = buffers[0].device
     paged = resolve_buffers(buffers, spec, g, device, obj.dtype, name)
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, g.num_slots)
-    planes = _flat(paged_planes(spec, g))
-    objects = single_layer_planes(kv_size, num_tokens, row * obj.element_size(), token_major)
-    dispatch.run(planes, paged, objects, obj, slots, 0, direction)
+    planes = single_layer_plane_set(spec, g, num_tokens, token_major)
+    dispatch.run(planes, paged, obj, slots, 0, direction)
 
 
 def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, direction: int) -> None:
@@ -210,9 +205,8 @@ def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, direction
         fail(ValueError, "key_value", f"rows have {row} elements; key_cache gives {g.num_heads * g.head_size}")
     paged = resolve_buffers([key_cache, value_cache], spec, g, k.device, kv.dtype, "key_cache")
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, g.num_slots)
-    planes = _flat(paged_planes(spec, g))
-    objects = kv_2ltd_planes(2, num_layers, num_tokens, row * kv.element_size(), range(layer, layer + 1))[0]
-    dispatch.run(planes, paged, objects, kv, slots, 0, direction)
+    planes = multi_layer_plane_set(spec, g, num_tokens, object_layers=num_layers, object_layer_offset=layer)
+    dispatch.run(planes, paged, kv, slots, 0, direction)
 
 
 def load_and_reshape_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx):

@@ -13,6 +13,7 @@ device (load).
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 
@@ -46,17 +47,79 @@ def device_bytes(addr: int, nbytes: int, device: torch.device) -> torch.Tensor:
     return resolve_device_ops(device.type).tensor_from_ptr(addr, (nbytes,), torch.uint8, device)
 
 
-def _paged_view(buf: torch.Tensor, p: PagedPlane) -> torch.Tensor:
-    num_blocks = p.num_slots // p.block_size
+_UNITS = ((8, torch.int64), (4, torch.int32), (2, torch.int16), (1, torch.uint8))
+
+
+def _unit(paged: list[PagedPlane], objects: list[ObjectPlane], tensors: list[torch.Tensor]) -> tuple[int, torch.dtype]:
+    """Widest element that divides every offset, stride, piece and base address:
+    indexing 8-byte words instead of bytes is several times faster."""
+    g = 0
+    for p in paged:
+        for v in (p.offset, p.block_stride, p.token_stride, p.head_stride, p.head_bytes // p.parts):
+            g = math.gcd(g, v)
+    for o in objects:
+        g = math.gcd(math.gcd(math.gcd(g, o.offset), o.token_stride), o.part_stride)
+    for t in tensors:
+        g = math.gcd(math.gcd(g, t.data_ptr()), t.numel())
+    return next((size, dtype) for size, dtype in _UNITS if g % size == 0)
+
+
+def _typed(flat: torch.Tensor, unit: int, dtype: torch.dtype) -> torch.Tensor:
+    return flat if unit == 1 else flat.view(dtype)
+
+
+def _paged_view(buf: torch.Tensor, p: PagedPlane, u: int) -> torch.Tensor:
+    """``[blocks, block_size, heads, parts, piece]`` of one plane, in units of ``u`` bytes."""
+    piece = p.head_bytes // p.parts // u
     return buf.as_strided(
-        (num_blocks, p.block_size, p.num_heads, p.head_bytes),
-        (p.block_stride, p.token_stride, p.head_stride, 1),
-        buf.storage_offset() + p.offset,
+        (p.num_slots // p.block_size, p.block_size, p.num_heads, p.parts, piece),
+        (p.block_stride // u, p.token_stride // u, p.head_stride // u, piece, 1),
+        buf.storage_offset() + p.offset // u,
     )
 
 
-def _object_view(obj: torch.Tensor, o: ObjectPlane, num_tokens: int, row: int) -> torch.Tensor:
-    return obj.as_strided((num_tokens, row), (o.token_stride, 1), obj.storage_offset() + o.offset)
+def _object_view(obj: torch.Tensor, o: ObjectPlane, p: PagedPlane, num_tokens: int, u: int) -> torch.Tensor:
+    """``[tokens, heads, parts, piece]`` of one plane's object rows."""
+    piece = p.head_bytes // p.parts // u
+    return obj.as_strided(
+        (num_tokens, p.num_heads, p.parts, piece),
+        (o.token_stride // u, piece, o.part_stride // u, 1),
+        obj.storage_offset() + o.offset // u,
+    )
+
+
+def _slot_rows(buf: torch.Tensor, p: PagedPlane, u: int) -> torch.Tensor | None:
+    """``[num_slots, row]`` view when every slot's row is one run at a fixed
+    stride (NHD layouts): then index_select / index_copy_ move whole rows."""
+    heads_dense = p.parts == 1 and (p.num_heads == 1 or p.head_stride == p.head_bytes)
+    if not heads_dense or p.block_stride != p.block_size * p.token_stride:
+        return None
+    return buf.as_strided((p.num_slots, p.row_bytes // u), (p.token_stride // u, 1), buf.storage_offset() + p.offset // u)
+
+
+def _gather(buf: torch.Tensor, p: PagedPlane, valid: torch.Tensor, u: int) -> torch.Tensor:
+    rows = _slot_rows(buf, p, u)
+    if rows is not None:
+        return rows.index_select(0, valid)
+    return _paged_view(buf, p, u)[valid // p.block_size, valid % p.block_size].reshape(valid.numel(), -1)
+
+
+def _scatter(buf: torch.Tensor, p: PagedPlane, valid: torch.Tensor, data: torch.Tensor, u: int) -> None:
+    rows = _slot_rows(buf, p, u)
+    if rows is not None:
+        rows.index_copy_(0, valid, data.reshape(valid.numel(), -1))
+        return
+    view = _paged_view(buf, p, u)
+    view[valid // p.block_size, valid % p.block_size] = data.reshape(valid.numel(), *view.shape[2:])
+
+
+def _read_object(obj: torch.Tensor, o: ObjectPlane, p: PagedPlane, num_tokens: int, tokens: torch.Tensor, u: int) -> torch.Tensor:
+    return _object_view(obj, o, p, num_tokens, u)[tokens].reshape(tokens.numel(), -1)
+
+
+def _write_object(obj: torch.Tensor, o: ObjectPlane, p: PagedPlane, num_tokens: int, tokens: torch.Tensor, data: torch.Tensor, u: int) -> None:
+    view = _object_view(obj, o, p, num_tokens, u)
+    view[tokens] = data.reshape(tokens.numel(), *view.shape[1:])
 
 
 def run_planes(
@@ -68,7 +131,12 @@ def run_planes(
     skip_prefix: int,
     direction: int,
 ) -> None:
-    """Copy along planes; ``buffers`` and ``obj`` are flat uint8 tensors."""
+    """Copy along planes; ``buffers`` and ``obj`` are flat uint8 tensors.
+
+    Store gathers each plane on the paged device and writes the object rows;
+    load reads the object rows and scatters on the paged device. Across
+    devices, all planes travel in one copy.
+    """
     num_tokens = slots.numel()
     if not paged or num_tokens == 0:
         return
@@ -78,34 +146,26 @@ def run_planes(
     tokens = torch.nonzero(keep).flatten().to(obj.device)
     if tokens.numel() == 0:
         return
-    page_dev = buffers[0].device
+    u, dtype = _unit(paged, objects, [*buffers, obj])
+    bufs = [_typed(b, u, dtype) for b in buffers]
+    objv = _typed(obj, u, dtype)
+    page_dev = bufs[0].device
     valid = slots[keep].to(page_dev)
-    staged = page_dev != obj.device
-    rows = []
-    for p, o in zip(paged, objects):
-        view = _paged_view(buffers[p.buffer], p)
-        blocks, offsets = valid // p.block_size, valid % p.block_size
-        ov = _object_view(obj, o, num_tokens, p.row_bytes)
-        if direction == D2H:
-            gathered = view[blocks, offsets].reshape(-1, p.row_bytes)
-            if staged:
-                rows.append(gathered)
-            else:
-                ov[tokens] = gathered
-        elif not staged:
-            view[blocks, offsets] = ov[tokens].reshape(-1, p.num_heads, p.head_bytes)
-        else:
-            rows.append(ov[tokens])
-    if not staged:
-        return
-    # One transfer between devices for all planes.
-    moved = torch.cat(rows, dim=1).to(obj.device if direction == D2H else page_dev)
-    col = 0
-    for p, o in zip(paged, objects):
-        part = moved[:, col : col + p.row_bytes]
-        col += p.row_bytes
-        if direction == D2H:
-            _object_view(obj, o, num_tokens, p.row_bytes)[tokens] = part
-        else:
-            view = _paged_view(buffers[p.buffer], p)
-            view[valid // p.block_size, valid % p.block_size] = part.reshape(-1, p.num_heads, p.head_bytes)
+    if direction == D2H:
+        parts = [_gather(bufs[p.buffer], p, valid, u) for p in paged]
+        if page_dev != obj.device:
+            parts = _one_copy(parts, obj.device)
+        for p, o, data in zip(paged, objects, parts):
+            _write_object(objv, o, p, num_tokens, tokens, data, u)
+    else:
+        parts = [_read_object(objv, o, p, num_tokens, tokens, u) for p, o in zip(paged, objects)]
+        if page_dev != obj.device:
+            parts = _one_copy(parts, page_dev)
+        for p, data in zip(paged, parts):
+            _scatter(bufs[p.buffer], p, valid, data, u)
+
+
+def _one_copy(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Move every plane's rows to ``device`` as a single transfer."""
+    moved = torch.cat(parts, dim=1).to(device)
+    return list(torch.split(moved, [p.shape[1] for p in parts], dim=1))

@@ -52,6 +52,22 @@ def check_int(value: object, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
+def check_device(value: object, name: str) -> torch.device:
+    """A torch.device (or its string / index form) whose backend is usable here."""
+    if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
+        fail(TypeError, name, f"must be a torch.device or device string, got {type(value).__name__}")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name} {value!r} is not a device: {exc}") from None
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = getattr(module, "is_available", None)
+        if not callable(available) or not available():
+            fail(ValueError, name, f"is {device}, but no {device.type} device is available in this process")
+    return device
+
+
 def check_tensor(
     t: object,
     name: str,
@@ -102,9 +118,10 @@ def check_slots(
         fail(TypeError, name, f"must hold int32 or int64 slot ids, got {t.dtype}")
     if t.numel() != num_tokens:
         fail(ValueError, name, f"has {t.numel()} entries for {num_tokens} tokens")
-    live = t[skip_prefix:]
-    if live.numel() and int(live.max()) >= num_slots:
-        bad = int(torch.nonzero(live >= num_slots)[0]) + skip_prefix
+    # numpy reads a host tensor in place, several times cheaper than torch ops
+    live = t.numpy()[skip_prefix:] if t.device.type == "cpu" else t[skip_prefix:]
+    if len(live) and int(live.max()) >= num_slots:
+        bad = int((live >= num_slots).nonzero()[0][0]) + skip_prefix
         fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside the paged buffer ({num_slots} slots)")
     return t
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: sets up (once) and runs.
+#
+#   bash scripts/dev.sh test    # install everything, run the test suite
+#   bash scripts/dev.sh demo    # install everything, run the main job
+#   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
+#   bash scripts/dev.sh setup   # only install
+#
+# Installs into $LMCACHE_ASCEND_VENV (default: .venv in the repository):
+# torch 2.13.0 (CPU), lmcache 0.5.6 without its CUDA dependencies, LMCache's
+# runtime dependencies, the test tools, and this package (editable). Extra
+# arguments after the command go to pytest / the script.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${LMCACHE_ASCEND_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.lmcache-ascend-deps"
+
+log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
+
+deps_current() {
+  [ -f "$STAMP" ] || return 1
+  for f in "$ROOT"/requirements/*.txt "$ROOT/scripts/dev.sh"; do
+    [ "$f" -nt "$STAMP" ] && return 1
+  done
+  return 0
+}
+
+install_deps() {
+  log "creating $VENV and installing torch 2.13.0 (CPU), lmcache 0.5.6 and test tools"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch==2.13.0
+  "$VENV/bin/pip" install -q lmcache==0.5.6 --no-deps
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements/lmcache-runtime.txt" -r "$ROOT/requirements/dev.txt"
+  touch "$STAMP"
+}
+
+native_current() {
+  local so
+  so=$(ls "$ROOT"/lmcache_ascend/_kvcore*.so 2>/dev/null | head -n1) || return 1
+  [ -n "$so" ] && [ -f "$ROOT/lmcache_ascend/_build_info.py" ] || return 1
+  for f in "$ROOT"/csrc/* "$ROOT/setup.py" "$ROOT/pyproject.toml"; do
+    [ "$f" -nt "$so" ] && return 1
+  done
+  "$VENV/bin/python" -c "import lmcache_ascend._kvcore" 2>/dev/null
+}
+
+setup() {
+  deps_current || install_deps
+  if ! native_current; then
+    log "building lmcache-ascend (host C++ core)"
+    (cd "$ROOT" && "$VENV/bin/pip" install -q --no-build-isolation -e .)
+  fi
+}
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  test) setup; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
+  demo) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
+  bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|setup} [args...]" >&2; exit 2 ;;
+esac
