@@ -1,0 +1,1 @@
+"""Compatibility import paths used by existing configurations (see ``integration.vllm``)."""

@@ -1,0 +1,73 @@
+"""``LMCacheAscendConnectorV1Dynamic``: vLLM's v1 KV connector running LMCache on host or NPU KV.
+
+Turn it on with::
+
+    KVTransferConfig(
+        kv_connector="LMCacheAscendConnectorV1Dynamic",
+        kv_role="kv_both",
+        kv_connector_module_path="lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1",
+    )
+
+It is LMCache 0.5.6's own vLLM connector (``LMCacheConnectorV1Dynamic``: lookup
+on the scheduler, store after each forward, load before it, CPU / disk /
+remote tiers from the LMCache config) with these differences:
+
+- the worker's LMCache engine moves KV with lmcache_ascend's device connectors
+  (host C++ kernels for vLLM CPU, device-generic torch ops for NPU), not the
+  CUDA-only upstream ones (see ``integrations/lmcache/plugin.py``);
+- chunk keys are hashed with ``sha256_cbor`` unless configured otherwise, so a
+  second process finds what the first stored;
+- chunks a previous process left in the local disk tier are re-indexed at
+  start-up, so a restarted engine finds them;
+- per-step layerwise state is reset when a step's metadata is bound (vLLM may
+  call ``start_load_kv`` after the forward), and a dropped save is treated as a
+  future cache miss rather than a delivery failure (``requires_kv_delivery``).
+
+The scheduler side and the worker side are both this class, in vLLM's
+scheduler and worker processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
+from lmcache.logging import init_logger
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
+
+from lmcache_ascend.integrations.lmcache import plugin
+
+logger = init_logger(__name__)
+
+
+class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
+        config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
+        if role == KVConnectorRole.WORKER:
+            plugin.register_engine(vllm_config, config)
+        super().__init__(vllm_config, role, kv_cache_config)
+        if role == KVConnectorRole.WORKER and self.lmcache_engine is None:
+            logger.error(
+                "lmcache_ascend: LMCache failed to start on this worker (see the error above); "
+                "serving continues without KV offloading"
+            )
+
+    @property
+    def lmcache_engine(self) -> Any:
+        """The worker's LMCache engine, or None (scheduler side, or LMCache failed to start)."""
+        return self._lmcache_engine.lmcache_engine
+
+    def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+        super().register_kv_caches(kv_caches)
+        if self.lmcache_engine is not None:
+            plugin.recover_disk_tier(self.lmcache_engine)
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        return False
+
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        super().bind_connector_metadata(connector_metadata)
+        impl = self._lmcache_engine
+        impl.current_layer = 0
+        impl.layerwise_retrievers = []

@@ -1,0 +1,60 @@
+"""Ready-made settings for running vLLM with the connector (examples, tests, benchmarks).
+
+:func:`kv_transfer_config` is the ``KVTransferConfig`` users put in an offline
+script (the server flag takes the same three keys as JSON);
+:func:`lmcache_env` is the LMCache configuration as ``LMCACHE_*`` environment
+variables, which vLLM's spawned worker processes inherit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
+CONNECTOR_MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
+
+
+def kv_transfer_config_dict(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--kv-transfer-config`` JSON object."""
+    cfg: dict[str, Any] = {
+        "kv_connector": CONNECTOR,
+        "kv_role": "kv_both",
+        "kv_connector_module_path": CONNECTOR_MODULE,
+    }
+    if extra:
+        cfg["kv_connector_extra_config"] = dict(extra)
+    return cfg
+
+
+def kv_transfer_config(extra: dict[str, Any] | None = None) -> Any:
+    from vllm.config import KVTransferConfig
+
+    return KVTransferConfig(**kv_transfer_config_dict(extra))
+
+
+def lmcache_env(
+    *,
+    chunk_size: int = 256,
+    cpu_gib: float = 2.0,
+    disk_dir: str | Path | None = None,
+    disk_gib: float = 4.0,
+    layerwise: bool = False,
+    remote_url: str | None = None,
+) -> dict[str, str]:
+    """LMCache settings for the embedded default: local CPU tier, optional disk and remote tiers."""
+    env = {
+        "LMCACHE_CHUNK_SIZE": str(chunk_size),
+        "LMCACHE_LOCAL_CPU": "True",
+        "LMCACHE_MAX_LOCAL_CPU_SIZE": str(cpu_gib),
+        "LMCACHE_USE_LAYERWISE": str(bool(layerwise)),
+        "LMCACHE_SAVE_UNFULL_CHUNK": "False",
+        "LMCACHE_PRE_CACHING_HASH_ALGORITHM": "sha256_cbor",
+        "LMCACHE_TRACK_USAGE": "false",
+    }
+    if disk_dir is not None:
+        env["LMCACHE_LOCAL_DISK"] = f"file://{Path(disk_dir).resolve()}"
+        env["LMCACHE_MAX_LOCAL_DISK_SIZE"] = str(disk_gib)
+    if remote_url is not None:
+        env["LMCACHE_REMOTE_URL"] = remote_url
+    return env

@@ -1,0 +1,1 @@
+"""Command-line helpers shipped with the package (``python -m lmcache_ascend.tools.<name>``)."""
