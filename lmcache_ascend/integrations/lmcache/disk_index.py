@@ -11,6 +11,8 @@ through the backend's public ``insert_key``:
 - only files whose size is exactly one full chunk of this engine's KV
   (``metadata.get_shapes(chunk_size)``, kv dtype) are taken, so a file cut short
   by a crash, or written for another dtype or layout, is ignored, never loaded;
+- recovered chunks count against ``max_local_disk_size`` like newly written
+  ones; once the tier is full, further files are left on disk but not indexed;
 - layerwise engines store one key per layer (``...@<layer>``) with the per-layer
   object shape; both kinds are recognised.
 
@@ -29,40 +31,64 @@ from lmcache.logging import init_logger
 logger = init_logger(__name__)
 
 
-def _object_spec(metadata: Any, config: Any, connector: Any) -> tuple[tuple[int, ...], Any, int]:
-    shape = tuple(connector.get_shape(config.chunk_size)) if config.use_layerwise else tuple(metadata.get_shapes(config.chunk_size)[0])
+def _object_spec(metadata: Any, config: Any, connector: Any) -> tuple[Any, Any, int]:
+    import torch
+
+    # LMCache tells one shape from a list of shapes by type: it must be torch.Size.
+    shape = torch.Size(connector.get_shape(config.chunk_size) if config.use_layerwise else metadata.get_shapes(config.chunk_size)[0])
     dtype = metadata.kv_dtype
     return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
-def recover_disk_index(backend: Any, metadata: Any, config: Any, connector: Any) -> int:
-    """Register this engine's chunk files found under ``backend.path``; returns the count."""
-    from lmcache.utils import CacheEngineKey, LayerCacheEngineKey
-    from lmcache.v1.memory_management import MemoryFormat
+def _chunk_files(backend: Any, metadata: Any, config: Any, nbytes: int) -> list[tuple[float, str, bool]]:
+    """(mtime, key text, layered) of this engine's complete chunk files."""
+    from lmcache.utils import TORCH_DTYPE_TO_STR_DTYPE
 
-    shape, dtype, nbytes = _object_spec(metadata, config, connector)
-    fmt = connector.memory_format if hasattr(connector, "memory_format") else MemoryFormat.KV_2LTD
+    dtype_name = TORCH_DTYPE_TO_STR_DTYPE[metadata.kv_dtype]
     on_disk = metadata.model_name.replace("/", "-")
     prefix = f"{on_disk}@{metadata.world_size}@{metadata.worker_id}@"
-    found = 0
+    files = []
     for entry in os.scandir(backend.path):
         if not (entry.is_file() and entry.name.startswith(prefix) and entry.name.endswith(".pt")):
             continue
         rest = entry.name[len(on_disk) : -len(".pt")]
         parts = rest.split("@")
         layered = len(parts) >= 6 and parts[5].isdigit()  # ["", ws, rank, hash, dtype, layer?]
-        if layered != bool(config.use_layerwise) or "%" in rest:
-            continue  # other storage mode, or tagged keys (tags are not mangled reversibly)
-        if entry.stat().st_size != nbytes:
-            logger.warning("lmcache_ascend: ignoring %s: %d bytes, a chunk is %d", entry.path, entry.stat().st_size, nbytes)
+        if layered != bool(config.use_layerwise) or "%" in rest or parts[4] != dtype_name:
+            continue  # other storage mode or dtype, or tagged keys (tags are not mangled reversibly)
+        stat = entry.stat()
+        if stat.st_size != nbytes:
+            logger.warning("lmcache_ascend: ignoring %s: %d bytes, a chunk is %d", entry.path, stat.st_size, nbytes)
             continue
-        text = metadata.model_name + rest
+        files.append((stat.st_mtime, metadata.model_name + rest, layered))
+    return files
+
+
+def recover_disk_index(backend: Any, metadata: Any, config: Any, connector: Any) -> int:
+    """Register this engine's chunk files found under ``backend.path``; returns the count.
+
+    When they do not all fit in the tier, the newest are kept; they are
+    inserted oldest first so the eviction order continues the old one.
+    """
+    from lmcache.utils import CacheEngineKey, LayerCacheEngineKey
+    from lmcache.v1.memory_management import MemoryFormat
+
+    shape, dtype, nbytes = _object_spec(metadata, config, connector)
+    fmt = connector.memory_format if hasattr(connector, "memory_format") else MemoryFormat.KV_2LTD
+    files = sorted(_chunk_files(backend, metadata, config, nbytes), reverse=True)
+    room = max(0, int((backend.max_cache_size - backend.current_cache_size) // nbytes))
+    keep, skipped = files[:room], len(files) - min(room, len(files))
+    found = 0
+    for _, text, layered in reversed(keep):
         key = LayerCacheEngineKey.from_string(text) if layered else CacheEngineKey.from_string(text)
-        if key.dtype != dtype:
-            continue
         backend.insert_key(key, nbytes, shape, dtype, fmt)
+        # The two counters LMCache keeps: eviction reads current_cache_size,
+        # usage feeds its metrics.
+        backend.current_cache_size += nbytes
         backend.usage += nbytes
         found += 1
+    if skipped:
+        logger.warning("lmcache_ascend: disk tier full; %d older chunk file(s) left on disk unindexed", skipped)
     if found:
         backend.stats_monitor.update_local_storage_usage(backend.usage)
         logger.info("lmcache_ascend: re-indexed %d chunk(s) from the local disk tier at %s", found, backend.path)

@@ -108,6 +108,12 @@ def register_engine(vllm_config: Any, config: Any) -> Any:
     return engine
 
 
+def destroy_engine() -> None:
+    from lmcache.v1.cache_engine import LMCacheEngineBuilder
+
+    LMCacheEngineBuilder.destroy(ENGINE_NAME)
+
+
 def recover_disk_tier(engine: Any) -> int:
     """Re-index the local disk tier of ``engine`` (0 when it has none)."""
     from lmcache_ascend.integrations.lmcache.disk_index import recover_disk_index
@@ -117,3 +123,37 @@ def recover_disk_tier(engine: Any) -> int:
     if backend is None:
         return 0
     return recover_disk_index(backend, engine.metadata, engine.config, engine.gpu_connector)
+
+
+def quiesce_offload_server(impl: Any) -> None:
+    """Let LMCache's offload-server thread exit before LMCache closes its socket.
+
+    LMCache 0.5.6's ``ZMQOffloadServer.close`` closes the socket while the
+    server thread is blocked in ``recv()``; libzmq then aborts the process
+    ("Assertion failed: pfd.revents & POLLIN"), at random, during shutdown.
+    Clearing ``running`` and sending the thread one message lets it leave its
+    loop first, so the later close is harmless. Attributes used (``_manager``,
+    ``_offload_server``, ``running``, ``thread``, ``socket``) are pinned by a test.
+    """
+    import zmq
+
+    manager = getattr(impl, "_manager", None)
+    server = getattr(manager, "_offload_server", None)
+    thread = getattr(server, "thread", None)
+    if thread is None or not thread.is_alive():
+        return
+    endpoint = server.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+    server.running = False
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 1000)
+    try:
+        sock.connect(endpoint)
+        sock.send(b"")
+        thread.join(timeout=10)
+    except zmq.ZMQError as exc:
+        logger.warning("lmcache_ascend: could not wake LMCache's offload server: %s", exc)
+    finally:
+        sock.close()
+        ctx.term()

@@ -19,6 +19,10 @@ remote tiers from the LMCache config) with these differences:
   second process finds what the first stored;
 - chunks a previous process left in the local disk tier are re-indexed at
   start-up, so a restarted engine finds them;
+- on vLLM CPU, the worker asks Linux for AMX tile state up front, without
+  which vLLM's first short forward (a full cache hit) dies with SIGILL;
+- shutdown stops LMCache's offload-server thread before LMCache closes its
+  socket (otherwise libzmq may abort the worker);
 - per-step layerwise state is reset when a step's metadata is bound (vLLM may
   call ``start_load_kv`` after the forward), and a dropped save is treated as a
   future cache miss rather than a delivery failure (``requires_kv_delivery``).
@@ -36,6 +40,7 @@ from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
 
 from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
 logger = init_logger(__name__)
 
@@ -43,9 +48,17 @@ logger = init_logger(__name__)
 class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
+        registered = None
         if role == KVConnectorRole.WORKER:
-            plugin.register_engine(vllm_config, config)
-        super().__init__(vllm_config, role, kv_cache_config)
+            if str(vllm_config.device_config.device).startswith("cpu"):
+                request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
+            registered = plugin.register_engine(vllm_config, config)
+        try:
+            super().__init__(vllm_config, role, kv_cache_config)
+        except BaseException:
+            if registered is not None:  # do not leave a half-built engine for the next connector
+                plugin.destroy_engine()
+            raise
         if role == KVConnectorRole.WORKER and self.lmcache_engine is None:
             logger.error(
                 "lmcache_ascend: LMCache failed to start on this worker (see the error above); "
@@ -61,6 +74,10 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         super().register_kv_caches(kv_caches)
         if self.lmcache_engine is not None:
             plugin.recover_disk_tier(self.lmcache_engine)
+
+    def shutdown(self) -> None:
+        plugin.quiesce_offload_server(self._lmcache_engine)
+        super().shutdown()
 
     @property
     def requires_kv_delivery(self) -> bool:

@@ -1,0 +1,78 @@
+"""Offline vLLM runs with (or without) the connector: shared by the example, the
+end-to-end tests and the benchmarks, so all of them start vLLM the same way.
+
+:func:`start_llm` applies the LMCache settings (environment variables, which
+vLLM's spawned worker processes inherit) before importing vLLM, and turns vLLM's
+own prefix cache off so every reused token must come from LMCache.
+:func:`run_prompt` sends one token-id prompt and reports time to first token,
+tokens served by LMCache, the greedy tokens and their log-probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    model_dir: Path
+    max_model_len: int = 4096
+    connector: bool = True
+    layerwise: bool = False
+    disk_dir: Path | None = None
+    cpu_gib: float = 2.0
+    kv_cache_gib: int = 1
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    ttft_s: float
+    from_lmcache: int
+    token_ids: list[int]
+    logprobs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def start_llm(opts: LLMOptions) -> Any:
+    """A vLLM CPU ``LLM`` for ``opts`` (call under ``if __name__ == "__main__"``)."""
+    if opts.connector:
+        os.environ.update(lmcache_env(disk_dir=opts.disk_dir, layerwise=opts.layerwise, cpu_gib=opts.cpu_gib))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = {}
+    if opts.connector:
+        kwargs["kv_transfer_config"] = kv_transfer_config()
+    if opts.block_size is not None:
+        kwargs["block_size"] = opts.block_size
+    return LLM(
+        model=str(opts.model_dir),
+        dtype="bfloat16",
+        max_model_len=opts.max_model_len,
+        enable_prefix_caching=False,
+        enforce_eager=True,
+        disable_log_stats=False,
+        **kwargs,
+    )
+
+
+def run_prompt(llm: Any, token_ids: list[int], max_tokens: int = 16) -> PromptResult:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0)
+    start = time.perf_counter()
+    out = llm.generate([{"prompt_token_ids": token_ids}], params, use_tqdm=False)[0]
+    wall = time.perf_counter() - start
+    completion = out.outputs[0]
+    logprobs = [float(step[tok].logprob) for step, tok in zip(completion.logprobs or [], completion.token_ids)]
+    ttft = out.metrics.first_token_latency if out.metrics is not None else wall
+    return PromptResult(ttft_s=float(ttft), from_lmcache=int(out.num_cached_tokens or 0), token_ids=list(completion.token_ids), logprobs=logprobs)

@@ -1,0 +1,67 @@
+"""Run one offline vLLM engine in a fresh process and collect its results.
+
+Every engine gets its own process (vLLM CPU spawns workers and owns global
+state; LMCache's engine is a per-process singleton), as in production where a
+second engine is a second process:
+
+    python -m lmcache_ascend.integrations.vllm.runner '<json options>'
+
+Options are :class:`~lmcache_ascend.integrations.vllm.offline.LLMOptions`
+fields plus ``prompts`` (token-id lists, sent in order) and ``max_tokens``.
+The child prints one line ``RESULT <json>``; :func:`run_engine` parses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULT_PREFIX = "LMCACHE_ASCEND_RESULT "
+_PATH_KEYS = ("model_dir", "disk_dir")
+
+
+class EngineRunError(RuntimeError):
+    pass
+
+
+def run_engine(options: dict[str, Any], *, timeout_s: float = 420, env: dict[str, str] | None = None, rpc_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Run the engine described by ``options`` in a child process; per-prompt results."""
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if rpc_dir is not None:
+        child_env["VLLM_RPC_BASE_PATH"] = str(rpc_dir)  # LMCache's ZMQ sockets live here
+    proc = subprocess.run(
+        [sys.executable, "-m", __name__, json.dumps(options, default=str)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=child_env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or len(lines) != 1:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
+        raise EngineRunError(f"vLLM engine process failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[0][len(RESULT_PREFIX) :])
+
+
+def _child(raw: str) -> int:
+    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm
+
+    args = json.loads(raw)
+    prompts = args.pop("prompts")
+    max_tokens = args.pop("max_tokens", 16)
+    for key in _PATH_KEYS:
+        if args.get(key) is not None:
+            args[key] = Path(args[key])
+    llm = start_llm(LLMOptions(**args))
+    results = [run_prompt(llm, p, max_tokens).to_dict() for p in prompts]
+    print(RESULT_PREFIX + json.dumps(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1]))

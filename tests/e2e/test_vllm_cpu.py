@@ -1,0 +1,77 @@
+"""Real vLLM CPU engines with LMCacheAscendConnectorV1Dynamic (each engine in its own process).
+
+vLLM's prefix cache is off in every run, so ``from_lmcache`` (vLLM's
+``num_cached_tokens``) counts tokens whose KV LMCache loaded. A full-prompt hit
+is reported one short: vLLM always recomputes the last prompt token.
+
+Greedy outputs must match token for token between cold and warm runs. The
+negative control shows that check has teeth: corrupting the stored chunks
+changes the output.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lmcache_ascend.tools.tiny_model import prompt_token_ids
+
+PROMPT = prompt_token_ids(2048)
+# Shares the first 1024 tokens (4 chunks of 256) with PROMPT, then differs.
+SHARED_HALF = PROMPT[:1024] + prompt_token_ids(300, offset=11)
+CHUNK = 256
+
+
+def _close(a: list[float], b: list[float], tol: float = 0.05) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, abs_tol=tol) for x, y in zip(a, b))
+
+
+def test_warm_run_is_served_by_lmcache_and_matches_cold(model_dir: Path, run_vllm, tmp_path: Path) -> None:
+    cold, warm, partial = run_vllm(model_dir=model_dir, prompts=[PROMPT, PROMPT, SHARED_HALF], disk_dir=tmp_path / "disk")
+    assert cold["from_lmcache"] == 0
+    assert warm["from_lmcache"] == len(PROMPT) - 1
+    assert warm["token_ids"] == cold["token_ids"]
+    assert _close(warm["logprobs"], cold["logprobs"])
+    assert partial["from_lmcache"] == 1024
+    assert partial["token_ids"] != cold["token_ids"]  # a different prompt: the model is not constant
+
+
+def test_fresh_process_hits_the_disk_tier_and_corruption_is_detected(model_dir: Path, run_vllm, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    (first,) = run_vllm(model_dir=model_dir, prompts=[PROMPT], disk_dir=disk)
+    files = sorted(disk.glob("*.pt"))
+    assert len(files) == len(PROMPT) // CHUNK, [f.name for f in files]
+
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(disk, corrupted)
+    for f in sorted(corrupted.glob("*.pt")):
+        data = bytearray(f.read_bytes())
+        data[::2] = bytes(len(data[::2]))  # zero every other byte, keep the size
+        f.write_bytes(bytes(data))
+
+    # A new engine, tiny CPU tier: everything it reuses must come from disk.
+    (second,) = run_vllm(model_dir=model_dir, prompts=[PROMPT], disk_dir=disk)
+    assert second["from_lmcache"] == len(PROMPT) - 1
+    assert second["token_ids"] == first["token_ids"]
+
+    (bad,) = run_vllm(model_dir=model_dir, prompts=[PROMPT], disk_dir=corrupted)
+    assert bad["from_lmcache"] == len(PROMPT) - 1
+    assert bad["token_ids"] != first["token_ids"] or not _close(bad["logprobs"], first["logprobs"], tol=0.5)
+
+
+def test_layerwise_mode_matches_cold(model_dir: Path, run_vllm, tmp_path: Path) -> None:
+    cold, warm = run_vllm(model_dir=model_dir, prompts=[PROMPT, PROMPT], layerwise=True)
+    assert cold["from_lmcache"] == 0
+    assert warm["from_lmcache"] == len(PROMPT) - 1
+    assert warm["token_ids"] == cold["token_ids"]
+    assert _close(warm["logprobs"], cold["logprobs"])
+
+
+@pytest.mark.parametrize("block_size", [64])
+def test_other_block_size(model_dir: Path, run_vllm, block_size: int) -> None:
+    cold, warm = run_vllm(model_dir=model_dir, prompts=[PROMPT[:1000], PROMPT[:1000]], block_size=block_size)
+    assert warm["from_lmcache"] == 768  # three full chunks of 256; the partial one is recomputed
+    assert warm["token_ids"] == cold["token_ids"]
