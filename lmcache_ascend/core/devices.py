@@ -130,24 +130,10 @@ class TorchAcceleratorBackend:
 
 
 @dataclass(frozen=True)
-class MindSporeBackend:
+class MindSporeBackend(CpuBackend):
     """MindSpore tensors: copies are issued synchronously, then the device is synced."""
 
     kind: str = "mindspore"
-    index: int = 0
-
-    def new_stream(self) -> Stream:
-        return _ImmediateStream()
-
-    def current_stream(self) -> Stream:
-        return _ImmediateStream()
-
-    def new_event(self) -> Event:
-        return _ImmediateEvent()
-
-    @contextlib.contextmanager
-    def use_stream(self, stream: Stream) -> Iterator[None]:
-        yield
 
     def synchronize(self) -> None:
         import mindspore as ms

@@ -75,3 +75,54 @@ class EngineKVCache:
             self._kv = EngineKV(layout, pointers, device, tuple(tensors))
             self._key = key
         return self._kv
+
+
+class EngineKVUser:
+    """What both device connectors share: construction from LMCache metadata,
+    their streams on the KV's device, and the engine KV detected from kwargs."""
+
+    num_layers: int
+    kvcaches: Sequence[Any] | None
+
+    def _setup(
+        self,
+        *,
+        num_layers: int,
+        hidden_dim: int,
+        use_mla: bool,
+        device: torch.device | str,
+        layout_hints: Mapping[str, Any] | None,
+        engine: str,
+    ) -> None:
+        from lmcache_ascend.core.devices import get_device
+
+        self.num_layers = num_layers
+        self.hidden_dim_size = hidden_dim
+        self.use_mla = use_mla
+        self.device = torch.device(device)
+        self.kvcaches = None
+        self._backend = get_device(self.device)
+        self.load_stream = self._backend.new_stream()
+        self.store_stream = self._backend.new_stream()
+        self._kv_cache = EngineKVCache(engine, layout_hints)
+
+    @classmethod
+    def from_metadata(cls, metadata: Any, device: torch.device | str, layout_hints: Mapping[str, Any] | None = None) -> Any:
+        """Build from ``LMCacheMetadata`` (``kv_shape = (L, kv, chunk, heads, head_size)``)."""
+        layers, _, _, heads, head_size = metadata.kv_shape
+        return cls(
+            num_layers=layers,
+            hidden_dim=heads * head_size,
+            use_mla=bool(metadata.use_mla),
+            device=device,
+            layout_hints=layout_hints,
+        )
+
+    def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
+        self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
+        if self.kvcaches is None:
+            raise ValueError("'kvcaches' should be provided in kwargs")
+        kv = self._kv_cache.get(self.kvcaches)
+        if kv.num_layers != self.num_layers:
+            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
+        return kv

@@ -26,8 +26,7 @@ import torch
 from lmcache.v1.gpu_connector.gpu_connectors import VLLMPagedMemLayerwiseGPUConnector
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
-from lmcache_ascend.core.devices import get_device
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVCache
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.integrations.lmcache.paged_connector import require_kwarg
 from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer
 
@@ -35,7 +34,7 @@ H2D = 0
 D2H = 1
 
 
-class LayerwiseKVConnector(VLLMPagedMemLayerwiseGPUConnector):
+class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
     def __init__(
         self,
         *,
@@ -47,27 +46,10 @@ class LayerwiseKVConnector(VLLMPagedMemLayerwiseGPUConnector):
         engine: str = "vllm",
     ) -> None:
         # Deliberately not calling the upstream __init__: it creates CUDA streams.
-        self.num_layers = num_layers
-        self.hidden_dim_size = hidden_dim
-        self.use_mla = use_mla
-        self.use_gpu = False
-        self.device = torch.device(device)
-        self.kvcaches: Sequence[Any] | None = None
-        self._backend = get_device(self.device)
-        self.load_stream = self._backend.new_stream()
-        self.store_stream = self._backend.new_stream()
-        self._kv_cache = EngineKVCache(engine, layout_hints)
-
-    @classmethod
-    def from_metadata(cls, metadata: Any, device: torch.device | str, layout_hints: Mapping[str, Any] | None = None) -> LayerwiseKVConnector:
-        layers, _, _, heads, head_size = metadata.kv_shape
-        return cls(
-            num_layers=layers,
-            hidden_dim=heads * head_size,
-            use_mla=bool(metadata.use_mla),
-            device=device,
-            layout_hints=layout_hints,
+        self._setup(
+            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, layout_hints=layout_hints, engine=engine
         )
+        self.use_gpu = False
 
     @property
     def memory_format(self) -> MemoryFormat:
@@ -77,15 +59,6 @@ class LayerwiseKVConnector(VLLMPagedMemLayerwiseGPUConnector):
         if self.use_mla:
             return torch.Size([num_tokens, self.hidden_dim_size])
         return torch.Size([num_tokens, 2, self.hidden_dim_size])
-
-    def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
-        self.initialize_kvcaches_ptr(**kwargs)
-        if self.kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
-        kv = self._kv_cache.get(self.kvcaches)
-        if kv.num_layers != self.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
-        return kv
 
     def _layer(self, layer: int) -> Any:
         entry = self.kvcaches[layer]  # type: ignore[index]

@@ -27,8 +27,7 @@ import torch
 from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
-from lmcache_ascend.core.devices import get_device
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVCache
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.kernels.slot_ops import multi_layer_kv_transfer
 
 H2D = 0
@@ -41,7 +40,7 @@ def require_kwarg(kwargs: Mapping[str, Any], name: str) -> Any:
     return kwargs[name]
 
 
-class PagedKVConnector(GPUConnectorInterface):
+class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
     """Paged KV <-> ``KV_2LTD`` memory objects, one chunk per object."""
 
     def __init__(
@@ -54,26 +53,8 @@ class PagedKVConnector(GPUConnectorInterface):
         layout_hints: Mapping[str, Any] | None = None,
         engine: str = "vllm",
     ) -> None:
-        self.num_layers = num_layers
-        self.hidden_dim_size = hidden_dim
-        self.use_mla = use_mla
-        self.device = torch.device(device)
-        self.kvcaches: Sequence[Any] | None = None
-        self._backend = get_device(self.device)
-        self.load_stream = self._backend.new_stream()
-        self.store_stream = self._backend.new_stream()
-        self._kv_cache = EngineKVCache(engine, layout_hints)
-
-    @classmethod
-    def from_metadata(cls, metadata: Any, device: torch.device | str, layout_hints: Mapping[str, Any] | None = None) -> PagedKVConnector:
-        """Build from ``LMCacheMetadata`` (``kv_shape = (L, kv, chunk, heads, head_size)``)."""
-        layers, _, _, heads, head_size = metadata.kv_shape
-        return cls(
-            num_layers=layers,
-            hidden_dim=heads * head_size,
-            use_mla=bool(metadata.use_mla),
-            device=device,
-            layout_hints=layout_hints,
+        self._setup(
+            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, layout_hints=layout_hints, engine=engine
         )
 
     @property
@@ -82,15 +63,6 @@ class PagedKVConnector(GPUConnectorInterface):
 
     def get_shape(self, num_tokens: int) -> torch.Size:
         return torch.Size([1 if self.use_mla else 2, self.num_layers, num_tokens, self.hidden_dim_size])
-
-    def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
-        self.initialize_kvcaches_ptr(**kwargs)
-        if self.kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
-        kv = self._kv_cache.get(self.kvcaches)
-        if kv.num_layers != self.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
-        return kv
 
     def _transfer(self, kv: EngineKV, obj: MemoryObj, slots: torch.Tensor, direction: int, skip: int) -> None:
         if obj.tensor is None:
