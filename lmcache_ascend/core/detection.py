@@ -11,7 +11,11 @@ Layout hints (same keys as upstream ``LayoutHints``):
 
 - ``kv_layout``: ``"NHD"`` or ``"HND"``. Shapes alone cannot tell them apart.
   Without the hint, host-resident caches are taken as HND and device caches as
-  NHD, which is upstream LMCache's rule (vLLM CPU allocates HND).
+  NHD, which is upstream LMCache's rule (vLLM CPU allocates HND). ``"NZ"``
+  names the 310P fractal layout (``[NB, NH*HS/16, BS, 16]`` per K or V), which
+  shapes alone cannot tell from ``(K, V)`` tuples with a head size of 16.
+- ``num_kv_heads``: for NZ caches, how the 16-element pieces group into heads
+  (informational: the addressing does not depend on it).
 - ``tokens_per_block``: block size for SGLang pools registered as flat slots.
 
 A tensor that is a permuted view of a dense allocation (vLLM exposes HND
@@ -27,7 +31,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lmcache_ascend.core.kv_format import KVFormat, format_spec
-from lmcache_ascend.core.planes import KVGeometry, buffer_shape
+from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
+from lmcache_ascend.core.planes import NZ_PIECE, KVGeometry, buffer_shape
 from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides, describe
 
 ENGINES = ("vllm", "sglang")
@@ -106,8 +111,8 @@ def _resolve_layout(hints: dict[str, Any], first: TensorDesc) -> str:
     layout = hints.get("kv_layout")
     if layout is None:
         return "HND" if first.is_host else "NHD"
-    if layout not in ("NHD", "HND"):
-        raise ValueError(f"layout_hints['kv_layout'] must be 'NHD' or 'HND', got {layout!r}")
+    if layout not in ("NHD", "HND", "NZ"):
+        raise ValueError(f"layout_hints['kv_layout'] must be 'NHD', 'HND' or 'NZ', got {layout!r}")
     return layout
 
 
@@ -131,7 +136,10 @@ def _geom(nl: int, nb: int, bs: int, nh: int, hs: int, d: TensorDesc) -> KVGeome
 
 def _detect_vllm(tree: Any, hints: dict[str, Any]):
     first = _first(tree)
-    hnd = _resolve_layout(hints, first) == "HND"
+    layout = _resolve_layout(hints, first)
+    if layout == "NZ":
+        return _detect_nz(tree, hints)
+    hnd = layout == "HND"
     depth, s = _depth(tree), first.shape
     if depth == 0 and first.ndim == 6 and s[2] == 2:
         nb, nl, _, a, b, hs = s
@@ -159,13 +167,37 @@ def _detect_vllm(tree: Any, hints: dict[str, Any]):
             fmt = KVFormat.NL_X_NB_TWO_NH_BS_HS if hnd else KVFormat.NL_X_NB_TWO_BS_NH_HS
             bs, nh = (b, a) if hnd else (a, b)
             return fmt, tree, _geom(nl, nb, bs, nh, hs, first)
-    if depth == 2 and all(len(layer) == 2 for layer in tree) and first.ndim == 4:
-        k, v = tree[0]
-        if k.shape == v.shape:
-            nb, bs, nh, hs = k.shape
+    if depth == 2 and first.ndim == 4:
+        planes = tree[0]
+        single_head = all(p.ndim == 4 and p.shape[2] == 1 for p in planes)
+        widths = {p.shape[-1] for p in planes}
+        if single_head and (len(planes) in (1, 3) or len(widths) > 1):
+            # Upstream's rule: one latent head, and not a same-width (K, V) pair.
             buffers = [t for layer in tree for t in layer]
-            return KVFormat.NL_X_TWO_X_NB_BS_NH_HS, buffers, _geom(len(tree), nb, bs, nh, hs, k)
+            return KVFormat.NL_X_NP_X_NB_BS_ONE_HS, buffers, plane_tuple_geometry(planes, len(tree))
+        if all(len(layer) == 2 for layer in tree) and planes[0].shape == planes[1].shape:
+            nb, bs, nh, hs = planes[0].shape
+            buffers = [t for layer in tree for t in layer]
+            return KVFormat.NL_X_TWO_X_NB_BS_NH_HS, buffers, _geom(len(tree), nb, bs, nh, hs, planes[0])
     return None
+
+
+def _detect_nz(tree: Any, hints: dict[str, Any]):
+    """310P NZ: per layer ``(K, V)`` of ``[NB, C, BS, 16]``, or ``[2, NB, C, BS, 16]``."""
+    first = _first(tree)
+    depth, s = _depth(tree), first.shape
+    if depth == 2 and first.ndim == 4 and s[3] == NZ_PIECE and all(len(layer) == 2 for layer in tree):
+        nb, pieces, bs, _ = s
+        fmt, buffers = KVFormat.NL_X_TWO_X_NB_NZC_BS_C16, [t for layer in tree for t in layer]
+    elif depth == 1 and first.ndim == 5 and s[0] == 2 and s[4] == NZ_PIECE:
+        _, nb, pieces, bs, _ = s
+        fmt, buffers = KVFormat.NL_X_TWO_NB_NZC_BS_C16, tree
+    else:
+        return None
+    heads = int(hints.get("num_kv_heads", 1))
+    if heads < 1 or (pieces * NZ_PIECE) % heads:
+        raise ValueError(f"layout_hints['num_kv_heads']={heads} does not divide the {pieces * NZ_PIECE}-element NZ row")
+    return fmt, buffers, _geom(len(tree), nb, bs, heads, pieces * NZ_PIECE // heads, first)
 
 
 def _detect_sglang(tree: Any, hints: dict[str, Any]):
@@ -202,18 +234,21 @@ def _layer_view(t: TensorDesc, layer: int) -> TensorDesc:
 def _checked(fmt: KVFormat, buffers: Sequence[TensorDesc], geometry: KVGeometry) -> KVCacheLayout:
     """Every buffer must be dense, of the format's shape, one dtype and device."""
     spec = format_spec(fmt)
-    expected = buffer_shape(spec, geometry)
     first = buffers[0]
+    # Plane tuples repeat a pattern of dtypes per layer; others use one dtype.
+    period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
     for i, b in enumerate(buffers):
+        expected = buffer_shape(spec, geometry, i)
         if b.shape != expected:
             raise ValueError(
                 f"kv_caches buffer {i} has shape {list(b.shape)}, expected {list(expected)} for {fmt.name}"
             )
         if not b.is_contiguous:
             raise ValueError(f"kv_caches buffer {i} is not dense (strides {b.strides}); {fmt.name} needs dense buffers")
-        if (b.dtype, b.device) != (first.dtype, first.device):
+        like = buffers[i % period]
+        if (b.dtype, b.device) != (like.dtype, first.device):
             raise ValueError(
-                f"kv_caches buffer {i} is {b.dtype} on {b.device}, buffer 0 is {first.dtype} on {first.device}; "
-                "use core.layer_groups.build_layer_groups for mixed layers"
+                f"kv_caches buffer {i} is {b.dtype} on {b.device}, buffer {i % period} is {like.dtype} on "
+                f"{first.device}; use core.layer_groups.build_layer_groups for mixed layers"
             )
     return KVCacheLayout(fmt=fmt, geometry=geometry, dtype=first.dtype, device=first.device, buffers=tuple(buffers))

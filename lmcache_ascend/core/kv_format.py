@@ -3,21 +3,29 @@
 :class:`KVFormat` carries the same integer values and names as upstream
 ``lmcache.lmcache_native.EngineKVFormat`` (LMCache 0.5.6) for every layout
 upstream knows, so a value detected here can be handed to LMCache unchanged
-(:func:`to_upstream`). Ascend-only layouts will take values from 100 upward in
-this same enum, so one enum names every layout the kernels accept.
+(:func:`to_upstream`). Ascend-only layouts take values from 100 upward in this
+same enum (310P "NZ" layouts), so one enum names every layout the kernels accept.
 
 :data:`FORMATS` describes each supported format physically, as data:
 
 - ``buffers``: how the pointer table is ordered (the order upstream's
   ``key_value_ptrs`` uses for the format):
   ``"single"`` one tensor for all layers; ``"layer"`` one tensor per layer;
-  ``"kv_layer"`` all K layers then all V layers; ``"layer_kv"`` K0, V0, K1, V1...
+  ``"kv_layer"`` all K layers then all V layers; ``"layer_kv"`` K0, V0, K1, V1...;
+  ``"layer_planes"`` each layer's planes in turn (L0P0, L0P1, ..., L1P0, ...).
 - ``axes``: the axis order of one buffer, outermost first, with the tokens
   ``NB`` blocks, ``BS`` tokens in a block, ``PBS`` both folded into one slot
   axis, ``NH`` KV heads, ``HS`` head size, ``TWO`` the K/V axis, ``NL`` layers,
-  ``ONE`` a size-1 axis. Fused formats whose last axis packs ``[K | V]``
-  (``CS = 2 * HS``) are written with ``TWO, HS`` in place of ``CS``.
+  ``ONE`` a size-1 axis, ``W`` a plane's own width (plane tuples), ``NZC`` and
+  ``C16`` the 310P "NZ" split of a token's ``NH * HS`` elements into
+  ``NH * HS / 16`` pieces of 16. Fused formats whose last axis packs
+  ``[K | V]`` (``CS = 2 * HS``) are written with ``TWO, HS`` in place of ``CS``.
 - ``mla``: one latent plane per layer (``kv_size == 1``).
+
+Plane tuples (format 17: MLA ``(latent, rope)``, DSA ``(latent, rope, indexer)``,
+DSA-C8 ``(latent, rope, int8 indexer, fp16 scale)``) pack a token's planes
+byte-wise into one memory-object row, in tuple order, as upstream does; see
+:mod:`lmcache_ascend.core.plane_tuples`.
 
 Everything else (strides, plane offsets) is derived from these two facts in
 :mod:`lmcache_ascend.core.planes`.
@@ -29,7 +37,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Literal
 
-BufferOrder = Literal["single", "layer", "kv_layer", "layer_kv"]
+BufferOrder = Literal["single", "layer", "kv_layer", "layer_kv", "layer_planes"]
 
 
 class KVFormat(enum.IntEnum):
@@ -52,6 +60,12 @@ class KVFormat(enum.IntEnum):
     NL_X_TWO_X_NB_BS_NH_HS = 16
     NL_X_NP_X_NB_BS_ONE_HS = 17
     NL_X_NB_BS_NH_HS = 18
+    # Ascend-only (no upstream value): 310P "NZ" fractal layouts.
+    NL_X_TWO_X_NB_NZC_BS_C16 = 100
+    NL_X_TWO_NB_NZC_BS_C16 = 101
+
+
+ASCEND_ONLY = frozenset({KVFormat.NL_X_TWO_X_NB_NZC_BS_C16, KVFormat.NL_X_TWO_NB_NZC_BS_C16})
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,16 @@ class FormatSpec:
 
     @property
     def is_hnd(self) -> bool:
-        return "NH" in self.axes and self.axes.index("NH") < self.axes.index(self._token_axis)
+        return self.head_axis in self.axes and self.axes.index(self.head_axis) < self.axes.index(self._token_axis)
+
+    @property
+    def is_nz(self) -> bool:
+        return "NZC" in self.axes
+
+    @property
+    def head_axis(self) -> str:
+        """The axis that splits one token's row into runs (KV heads, or NZ pieces)."""
+        return "NZC" if self.is_nz else "NH"
 
     @property
     def kv_inner(self) -> bool:
@@ -112,6 +135,9 @@ FORMATS: dict[KVFormat, FormatSpec] = {
         _spec(F.NL_X_NB_BS_NH_CS, "layer", "NB BS NH TWO HS", "vllm fused NHD", packed=True),
         _spec(F.NL_X_TWO_NB_NH_ONE_BS_HS, "layer", "TWO NB NH ONE BS HS", "vllm-rbln"),
         _spec(F.NL_X_TWO_X_NB_BS_NH_HS, "layer_kv", "NB BS NH HS", "vllm-ascend (K, V) tuples"),
+        _spec(F.NL_X_NP_X_NB_BS_ONE_HS, "layer_planes", "NB BS ONE W", "vllm-ascend MLA/DSA plane tuples", mla=True),
+        _spec(F.NL_X_TWO_X_NB_NZC_BS_C16, "layer_kv", "NB NZC BS C16", "vllm-ascend 310P NZ, separate K/V"),
+        _spec(F.NL_X_TWO_NB_NZC_BS_C16, "layer", "TWO NB NZC BS C16", "vllm-ascend 310P NZ, merged K/V"),
     )
 }
 
@@ -134,7 +160,13 @@ def format_spec(fmt: int | KVFormat) -> FormatSpec:
 
 
 def to_upstream(fmt: int | KVFormat) -> Any:
-    """Convert to ``lmcache.lmcache_native.EngineKVFormat`` (imports LMCache)."""
+    """Convert to ``lmcache.lmcache_native.EngineKVFormat`` (imports LMCache).
+
+    Raises:
+        ValueError: for Ascend-only layouts, which upstream has no value for.
+    """
+    if int(fmt) in ASCEND_ONLY:
+        raise ValueError(f"{KVFormat(int(fmt)).name} is Ascend-only: LMCache has no EngineKVFormat for it")
     from lmcache.lmcache_native import EngineKVFormat
 
     return EngineKVFormat(int(fmt))

@@ -35,6 +35,7 @@ import numpy as np
 from lmcache_ascend.core.kv_format import FormatSpec
 
 PLANE_FIELDS = 12
+NZ_PIECE = 16  # elements per fractal piece of the 310P "NZ" layout
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class KVGeometry:
     """Sizes of one paged KV cache (or one layer group of it).
 
     ``head_size`` is the size of one K (or V) head; for fused formats whose
-    last axis packs ``[K | V]`` it is half of that axis. ``block_stride_elems``
+    last axis packs ``[K | V]`` it is half of that axis. For NZ formats
+    ``num_heads * head_size`` must be a multiple of 16. ``block_stride_elems``
     (0 = tight) overrides the block stride for per-layer views into a
     blocks-first allocation, in elements.
     """
@@ -54,6 +56,9 @@ class KVGeometry:
     head_size: int
     itemsize: int
     block_stride_elems: int = 0
+    # Plane tuples only: (width in elements, itemsize) of each plane of a layer.
+    # head_size / itemsize then describe the packed row in plane 0's elements.
+    planes: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_slots(self) -> int:
@@ -95,11 +100,19 @@ def _axis_sizes(spec: FormatSpec, g: KVGeometry) -> dict[str, int]:
         "TWO": 2,
         "NL": g.num_layers,
         "ONE": 1,
+        "NZC": g.num_heads * g.head_size // NZ_PIECE,
+        "C16": NZ_PIECE,
     }
 
 
-def buffer_shape(spec: FormatSpec, g: KVGeometry) -> tuple[int, ...]:
-    """Shape of one buffer of the pointer table, as the engine allocates it."""
+def _plane(g: KVGeometry, index: int) -> tuple[int, int]:
+    return g.planes[index % len(g.planes)]
+
+
+def buffer_shape(spec: FormatSpec, g: KVGeometry, index: int = 0) -> tuple[int, ...]:
+    """Shape of buffer ``index`` of the pointer table, as the engine allocates it."""
+    if spec.buffers == "layer_planes":
+        return (g.num_blocks, g.block_size, 1, _plane(g, index)[0])
     sizes = _axis_sizes(spec, g)
     shape = tuple(sizes[a] for a in spec.axes)
     if spec.packed:
@@ -108,13 +121,18 @@ def buffer_shape(spec: FormatSpec, g: KVGeometry) -> tuple[int, ...]:
 
 
 def buffer_count(spec: FormatSpec, g: KVGeometry) -> int:
-    return {"single": 1, "layer": g.num_layers}.get(spec.buffers, 2 * g.num_layers)
+    per_layer = {"single": 0, "layer": 1, "layer_planes": len(g.planes)}.get(spec.buffers, 2)
+    return per_layer * g.num_layers or 1
 
 
-def buffer_bytes(spec: FormatSpec, g: KVGeometry) -> int:
-    """Bytes one buffer spans (the block stride override may widen it)."""
-    shape = buffer_shape(spec, g)
-    tight = math.prod(shape) * g.itemsize
+def buffer_itemsize(spec: FormatSpec, g: KVGeometry, index: int = 0) -> int:
+    return _plane(g, index)[1] if spec.buffers == "layer_planes" else g.itemsize
+
+
+def buffer_bytes(spec: FormatSpec, g: KVGeometry, index: int = 0) -> int:
+    """Bytes buffer ``index`` spans (the block stride override may widen it)."""
+    shape = buffer_shape(spec, g, index)
+    tight = math.prod(shape) * buffer_itemsize(spec, g, index)
     if not g.block_stride_elems or "NB" not in spec.axes:
         return tight
     strides = _byte_strides(spec, g)
@@ -155,17 +173,23 @@ def paged_planes(
     if fused and not spec.kv_inner:
         raise ValueError(f"{spec.fmt.name} has no packed K/V axis to keep fused")
     layers = range(g.num_layers) if layers is None else layers
+    if spec.buffers == "layer_planes":
+        return tuple(_tuple_planes(g, layer) for layer in layers)
     strides = _byte_strides(spec, g)
     pbs = spec.pbs_fused
     # Formats with K and V side by side inside a head are walked as one plane
     # per layer: each head run covers [K | V] and is split on the object side.
     inner = spec.kv_inner
-    head_bytes = g.head_size * g.itemsize * (2 if inner else 1)
+    if spec.is_nz:
+        head_bytes = NZ_PIECE * g.itemsize
+    else:
+        head_bytes = g.head_size * g.itemsize * (2 if inner else 1)
+    sizes = _axis_sizes(spec, g)
     common = dict(
         block_stride=g.num_slots * strides["PBS"] if pbs else strides["NB"],
         token_stride=strides["PBS"] if pbs else strides["BS"],
-        head_stride=strides.get("NH", head_bytes),
-        num_heads=1 if spec.mla else g.num_heads,
+        head_stride=strides.get(spec.head_axis, head_bytes),
+        num_heads=1 if spec.mla else sizes[spec.head_axis],
         head_bytes=head_bytes,
         block_size=g.num_slots if pbs else g.block_size,
         num_slots=g.num_slots,
@@ -179,6 +203,27 @@ def paged_planes(
         )
         for layer in layers
     )
+
+
+def _tuple_planes(g: KVGeometry, layer: int) -> tuple[PagedPlane, ...]:
+    """One paged plane per tensor of a plane-tuple layer ``[NB, BS, 1, W_p]``."""
+    out = []
+    for p, (width, itemsize) in enumerate(g.planes):
+        row = width * itemsize
+        out.append(
+            PagedPlane(
+                buffer=layer * len(g.planes) + p,
+                offset=0,
+                block_stride=g.block_size * row,
+                token_stride=row,
+                head_stride=row,
+                num_heads=1,
+                head_bytes=row,
+                block_size=g.block_size,
+                num_slots=g.num_slots,
+            )
+        )
+    return tuple(out)
 
 
 def _locate(spec: FormatSpec, strides: dict[str, int], layer: int, kv: int, num_layers: int) -> tuple[int, int]:
@@ -276,7 +321,20 @@ def multi_layer_plane_set(
     if spec.kv_inner and not fused:
         # One paged plane per layer; its V half lands one K/V plane further on.
         objects = [dataclasses.replace(o, part_stride=total * num_tokens * row) for o in objects[::2]]
+    if spec.buffers == "layer_planes":
+        objects = _split_columns(objects, g)
     return PlaneSet.build(paged, objects)
+
+
+def _split_columns(rows: list[ObjectPlane], g: KVGeometry) -> list[ObjectPlane]:
+    """Plane tuples: each layer's object row holds its planes' bytes side by side."""
+    out = []
+    for o in rows:
+        column = 0
+        for width, itemsize in g.planes:
+            out.append(dataclasses.replace(o, offset=o.offset + column))
+            column += width * itemsize
+    return out
 
 
 @functools.lru_cache(maxsize=512)
@@ -287,4 +345,6 @@ def single_layer_plane_set(spec: FormatSpec, g: KVGeometry, num_tokens: int, tok
     paged = list(paged_planes(spec, g)[0])
     if spec.kv_inner:
         objects = [dataclasses.replace(objects[0], part_stride=objects[1].offset - objects[0].offset)]
+    if spec.buffers == "layer_planes":
+        objects = _split_columns(objects, g)
     return PlaneSet.build(paged, objects)

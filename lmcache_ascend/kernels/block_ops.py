@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import torch
 
+from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set
+from lmcache_ascend.core.tensor_desc import describe
 from lmcache_ascend.kernels import dispatch, torch_path
-from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers
+from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers
 from lmcache_ascend.kernels.validate import (
     check_block_ids,
     check_device,
@@ -82,6 +84,16 @@ def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
     return geometry, fused
 
 
+def _plane_tuple_geometry(arg: object, desc: dict[str, int]) -> KVGeometry:
+    planes = first_plane_tuple(arg, "paged_buffer_ptrs_tensor")
+    g = plane_tuple_geometry([describe(t) for t in planes], desc["nl"])
+    expected = {"kv_size": 1, "nh": 1, "hs": g.head_size, "nb": g.num_blocks, "bs": g.block_size, "element_size": g.itemsize}
+    for field, value in expected.items():
+        if desc[field] != value:
+            fail(ValueError, f"shape_desc.{field}", f"is {desc[field]}, the plane tensors give {value}")
+    return g
+
+
 def _object_bytes(objects: object, count_needed: int, nbytes: int, device: torch.device) -> list[torch.Tensor]:
     if not isinstance(objects, (list, tuple)) or not objects:
         fail(TypeError, "lmcache_objects_ptrs", "must be a non-empty list of pointers or tensors")
@@ -118,7 +130,10 @@ def multi_layer_block_kv_transfer(
     spec = check_format(engine_kv_format)
     direction = check_direction(direction)
     desc = _read_desc(shape_desc)
-    geometry, fused = _geometry(spec, desc)
+    if spec.buffers == "layer_planes":
+        geometry, fused = _plane_tuple_geometry(paged_buffer_ptrs_tensor, desc), False
+    else:
+        geometry, fused = _geometry(spec, desc)
     chunk = check_int(lmcache_chunk_size, "lmcache_chunk_size", 1)
     if chunk % desc["bs"]:
         fail(ValueError, "lmcache_chunk_size", f"{chunk} is not a multiple of the block size {desc['bs']}")

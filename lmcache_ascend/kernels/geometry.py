@@ -11,7 +11,7 @@ divide the buffer) with a ``ValueError`` naming the argument.
 from __future__ import annotations
 
 from lmcache_ascend.core.kv_format import FormatSpec
-from lmcache_ascend.core.planes import KVGeometry
+from lmcache_ascend.core.planes import NZ_PIECE, KVGeometry
 from lmcache_ascend.kernels.validate import fail
 
 
@@ -50,6 +50,8 @@ def slot_geometry(
     ``KV_2LTD``) or ``1`` (each head's ``[K | V]`` slice kept, as upstream's CUDA
     kernel does; then ``head_size`` is the size of K alone, as there).
     """
+    if spec.buffers == "layer_planes":
+        fail(ValueError, "key_value_ptrs", f"must be the plane tensors for {spec.fmt.name}: a pointer table does not give plane widths")
     fused = spec.kv_inner and kv_planes == 1
     allowed = (1, 2) if spec.kv_inner else (spec.kv_size,)
     if kv_planes not in allowed:
@@ -76,6 +78,11 @@ def slot_geometry(
 
 
 def _heads(spec: FormatSpec, row_elems: int, head_size: int, fused: bool) -> tuple[int, int]:
+    if spec.is_nz:
+        # NZ splits the whole row into 16-element pieces, whatever the heads are.
+        if row_elems % NZ_PIECE:
+            fail(ValueError, "key_value", f"row of {row_elems} elements is not a multiple of {NZ_PIECE} (NZ layout)")
+        return 1, row_elems
     if not heads_matter(spec) or (fused and not spec.is_hnd):
         # One contiguous run per token: how it splits into heads does not
         # change any address, so head_size is not needed (upstream ignores it).
@@ -92,6 +99,8 @@ def _heads(spec: FormatSpec, row_elems: int, head_size: int, fused: bool) -> tup
 
 def tensor_geometry(spec: FormatSpec, shape: tuple[int, ...], itemsize: int, num_layers: int, name: str) -> KVGeometry:
     """Geometry read off one paged buffer's shape (the engine's own tensor)."""
+    if spec.buffers == "layer_planes":
+        fail(ValueError, name, f"{spec.fmt.name} geometry comes from a layer's plane tuple, not one tensor")
     axes = spec.axes[:-2] + ("CS",) if spec.packed else spec.axes
     if len(shape) != len(axes):
         fail(ValueError, name, f"has shape {list(shape)}; {spec.fmt.name} buffers are [{', '.join(axes)}]")
@@ -101,11 +110,17 @@ def tensor_geometry(spec: FormatSpec, shape: tuple[int, ...], itemsize: int, num
     if "CS" in size and size["CS"] % 2:
         fail(ValueError, name, f"packed K/V axis of {size['CS']} elements is odd")
     slots = size.get("PBS", 0)
+    if "NZC" in size:
+        if size["C16"] != NZ_PIECE:
+            fail(ValueError, name, f"has NZ pieces of {size['C16']} elements, expected {NZ_PIECE}")
+        head_size = size["NZC"] * size["C16"]
+    else:
+        head_size = size["CS"] // 2 if "CS" in size else size["HS"]
     return KVGeometry(
         num_layers=num_layers,
         num_blocks=1 if slots else size["NB"],
         block_size=slots or size["BS"],
         num_heads=size.get("NH", 1),
-        head_size=size["CS"] // 2 if "CS" in size else size["HS"],
+        head_size=head_size,
         itemsize=itemsize,
     )

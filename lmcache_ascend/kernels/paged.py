@@ -36,8 +36,10 @@ class PagedBuffers:
     def byte_tensors(self) -> list[torch.Tensor]:
         if self.tensors is not None:
             return [torch_path.byte_view(t) for t in self.tensors]
-        size = buffer_bytes(self.spec, self.geometry)
-        return [torch_path.device_bytes(int(p), size, self.device) for p in self.ptrs]
+        return [
+            torch_path.device_bytes(int(p), buffer_bytes(self.spec, self.geometry, i), self.device)
+            for i, p in enumerate(self.ptrs)
+        ]
 
 
 def engine_tensor(arg: object) -> torch.Tensor | None:
@@ -47,6 +49,20 @@ def engine_tensor(arg: object) -> torch.Tensor | None:
     if isinstance(arg, torch.Tensor) and arg.dtype not in (torch.int64, torch.uint64):
         return arg
     return None
+
+
+def first_plane_tuple(arg: object, name: str) -> tuple[torch.Tensor, ...]:
+    """Layer 0's planes from a list of per-layer plane tuples (format 17).
+
+    A pointer table cannot say how wide each plane is, so the tensors are required.
+    """
+    if not (isinstance(arg, (list, tuple)) and arg and isinstance(arg[0], (list, tuple)) and arg[0]):
+        fail(TypeError, name, "must be a list of per-layer plane tuples for plane-tuple (MLA/DSA) caches")
+    planes = tuple(arg[0])
+    for i, t in enumerate(planes):
+        if not isinstance(t, torch.Tensor):
+            fail(TypeError, f"{name}[0][{i}]", f"must be a torch.Tensor, got {type(t).__name__}")
+    return planes
 
 
 def _flatten(arg: object) -> list[object]:
@@ -78,9 +94,18 @@ def resolve_buffers(
     tensors = _flatten(arg)
     if len(tensors) != need:
         fail(ValueError, name, f"has {len(tensors)} buffers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
-    shape = buffer_shape(spec, geometry)
+    # Plane tuples repeat layer 0's per-plane dtypes; plane 0 carries the object's dtype.
+    period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
+    dtypes = [dtype] + [t.dtype for t in tensors[1:period]]
     for i, t in enumerate(tensors):
-        check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtype, device=device, block_stride=geometry.block_stride_elems)
+        check_tensor(
+            t,
+            f"{name}[{i}]",
+            shape=buffer_shape(spec, geometry, i),
+            dtype=dtypes[i % period],
+            device=device,
+            block_stride=geometry.block_stride_elems,
+        )
     ptrs = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
     return PagedBuffers(spec, geometry, device, ptrs, tensors)
 

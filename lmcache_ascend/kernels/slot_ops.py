@@ -34,10 +34,12 @@ import dataclasses
 import torch
 
 from lmcache_ascend.core.kv_format import KVFormat, format_spec
+from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
+from lmcache_ascend.core.tensor_desc import describe
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.kernels import dispatch
 from lmcache_ascend.kernels.geometry import block_size_matters, slot_geometry, tensor_geometry
-from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers
+from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers
 from lmcache_ascend.kernels.validate import (
     H2D,
     D2H,
@@ -81,7 +83,9 @@ def multi_layer_kv_transfer(
         block_stride_elems=check_int(block_stride_elems, "block_stride_elems"),
     )
     first = engine_tensor(key_value_ptrs)
-    if first is not None:
+    if spec.buffers == "layer_planes" and first is not None:
+        geometry, fused = _plane_tuple_geometry(key_value_ptrs, **scalars), False
+    elif first is not None:
         geometry, fused = _geometry_from_tensors(spec, first, **scalars)
     else:
         geometry, fused = slot_geometry(spec, **scalars)
@@ -110,6 +114,19 @@ def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeom
     return g, fused
 
 
+def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
+    """Plane tuples: geometry from layer 0's planes, checked against the scalars."""
+    planes = first_plane_tuple(arg, "key_value_ptrs")
+    g = plane_tuple_geometry([describe(t) for t in planes], scalars["num_layers"])
+    if scalars["kv_planes"] != 1:
+        fail(ValueError, "key_value", f"must be [1, L, T, H] for plane tuples, got {scalars['kv_planes']} K/V planes")
+    if g.num_slots != scalars["page_buffer_size"]:
+        fail(ValueError, "page_buffer_size", f"is {scalars['page_buffer_size']} but the planes hold {g.num_slots} slots")
+    if g.head_size != scalars["row_elems"]:
+        fail(ValueError, "key_value", f"rows have {scalars['row_elems']} elements; the planes pack {g.head_size} per token")
+    return g
+
+
 def multi_layer_kv_transfer_unilateral(
     key_value,
     key_value_ptrs,
@@ -135,10 +152,15 @@ def single_layer_kv_transfer(
     token_major=False,
 ):
     spec = check_format(engine_kv_format)
-    if spec.buffers not in ("layer", "layer_kv"):
+    if spec.buffers not in ("layer", "layer_kv", "layer_planes"):
         fail(ValueError, "engine_kv_format", f"{spec.fmt.name} is not a per-layer format")
     direction = check_direction(direction)
     paged_arg = vllm_key_value_cache
+    if spec.buffers == "layer_planes":
+        planes = first_plane_tuple([paged_arg], "vllm_key_value_cache")
+        g = plane_tuple_geometry([describe(t) for t in planes], 1)
+        _single_layer(spec, g, list(planes), "vllm_key_value_cache", lmc_key_value_cache, slot_mapping, direction, bool(token_major))
+        return
     if spec.buffers == "layer_kv":
         if not (isinstance(paged_arg, (list, tuple)) and len(paged_arg) == 2):
             fail(TypeError, "vllm_key_value_cache", f"must be a (K, V) tuple for {spec.fmt.name}")

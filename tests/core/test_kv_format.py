@@ -6,17 +6,27 @@ import pytest
 from lmcache.lmcache_native import EngineKVFormat
 from lmcache.v1.gpu_connector.kv_format import get_spec_class
 
-from lmcache_ascend.core.kv_format import FORMATS, KVFormat, format_spec, to_upstream
+from lmcache_ascend.core.kv_format import ASCEND_ONLY, FORMATS, KVFormat, format_spec, to_upstream
 from lmcache_ascend.core.planes import KVGeometry, buffer_shape
+
+
+UPSTREAM_KNOWN = [f for f in KVFormat if f not in ASCEND_ONLY]
 
 
 def test_every_upstream_format_has_our_value_and_name() -> None:
     upstream = {m.name: int(m) for m in EngineKVFormat.__members__.values()}
-    ours = {m.name: int(m) for m in KVFormat}
+    ours = {m.name: int(m) for m in UPSTREAM_KNOWN}
     assert ours == upstream
+    assert all(int(f) >= 100 for f in ASCEND_ONLY)  # never collides with an upstream value
 
 
-@pytest.mark.parametrize("fmt", list(KVFormat), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", sorted(ASCEND_ONLY), ids=lambda f: f.name)
+def test_ascend_only_formats_have_no_upstream_value(fmt: KVFormat) -> None:
+    with pytest.raises(ValueError, match="Ascend-only"):
+        to_upstream(fmt)
+
+
+@pytest.mark.parametrize("fmt", UPSTREAM_KNOWN, ids=lambda f: f.name)
 def test_to_upstream_round_trip(fmt: KVFormat) -> None:
     up = to_upstream(fmt)
     assert isinstance(up, EngineKVFormat)
@@ -30,7 +40,7 @@ def test_unknown_format_error_lists_supported() -> None:
         format_spec(KVFormat.NL_X_NB_BSV_BSS)  # DSA indexer: not in this release
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - ASCEND_ONLY), ids=lambda f: f.name)
 def test_layout_facts_match_upstream_spec(fmt: KVFormat) -> None:
     ours = format_spec(fmt)
     theirs = get_spec_class(to_upstream(fmt))
@@ -39,10 +49,10 @@ def test_layout_facts_match_upstream_spec(fmt: KVFormat) -> None:
     assert ours.pbs_fused == theirs.is_pbs_fused
     assert (ours.buffers == "single") == theirs.is_cross_layer
     assert (ours.buffers == "kv_layer") == theirs.is_kv_list
-    assert (ours.buffers == "layer_kv") == theirs.is_kv_second_tuple
+    assert (ours.buffers in ("layer_kv", "layer_planes")) == theirs.is_kv_second_tuple
 
 
-PER_LAYER = [f for f, s in FORMATS.items() if s.buffers in ("layer", "layer_kv")]
+PER_LAYER = [f for f, s in FORMATS.items() if s.buffers in ("layer", "layer_kv") and f not in ASCEND_ONLY]
 
 
 @pytest.mark.parametrize("fmt", PER_LAYER, ids=lambda f: f.name)
