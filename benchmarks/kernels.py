@@ -10,6 +10,14 @@ One realistic chunk (default: bf16, 16 layers, 8 KV heads x 128, 256 tokens in a
   where it supports the format;
 - ``memcpy``: ``torch.Tensor.copy_`` of the same number of bytes, contiguous.
 
+Ascend layouts get rows of their own, with the same layers, tokens, slots and
+block size: MLA ``(latent 512, rope 64)`` and DSA-C8 ``(latent 512, rope 64,
+int8 indexer 128, fp16 scale 1)`` plane tuples (format 17, ``KV_MLA_FMT``
+object, moved by ``multi_layer_block_kv_transfer``: upstream's only format-17
+path is its torch block baseline, so all three implementations use the block op
+there) and 310P NZ separate K/V (Ascend-only format 100, slot op; upstream has
+no such layout). Their memcpy column copies as many bytes as their own object holds.
+
 Each timed call works on a different chunk (``--rotate`` chunks at different
 block ids, into different objects; memcpy likewise cycles through as many
 buffer pairs), so data is as cold in the CPU caches as in serving;
@@ -37,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, bar_chart, format_table, print_json_last, time_calls  # noqa: E402
 
 import lmcache_ascend.ops as ops  # noqa: E402
+from lmcache_ascend.core.kv_format import KVFormat  # noqa: E402
 from lmcache.lmcache_native import EngineKVFormat as F  # noqa: E402
+from lmcache.lmcache_native import PageBufferShapeDesc  # noqa: E402
 from lmcache.lmcache_native import TransferDirection as D  # noqa: E402
 from lmcache.v1.platform import torch_ops as upstream  # noqa: E402
 
@@ -82,6 +92,15 @@ FORMATS = {
     "vllm-ascend K,V tuples (16)": F.NL_X_TWO_X_NB_BS_NH_HS,
 }
 UPSTREAM_OK = {F.NL_X_TWO_NB_BS_NH_HS, F.NL_X_NB_TWO_BS_NH_HS}
+# Plane tuples per layer: (width, dtype); None = the --dtype of the run.
+PlaneSpec = tuple[tuple[int, "torch.dtype | None"], ...]
+PLANE_TUPLES: dict[str, PlaneSpec] = {
+    "MLA (latent, rope) (17)": ((512, None), (64, None)),
+    "DSA-C8 4 planes (17)": ((512, None), (64, None), (128, torch.int8), (1, torch.float16)),
+}
+NZ_LAYOUTS = {"310P NZ K,V (100)": KVFormat.NL_X_TWO_X_NB_NZC_BS_C16}
+ALL_NAMES = [*FORMATS, *PLANE_TUPLES, *NZ_LAYOUTS]
+Rows = dict[str, dict[str, "float | None"]]
 
 
 def _paged(fmt: F, s: Shape) -> tuple[list, torch.Tensor]:
@@ -99,7 +118,22 @@ def _slots(s: Shape, gen: torch.Generator) -> torch.Tensor:
     return slots[: s.tokens].contiguous()
 
 
-def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> dict[str, dict[str, float | None]]:
+def _measure(calls, nbytes: int, repeat: int, rotate: int, upstream_ok: bool) -> Rows:
+    """Store and load rows: ours (host), ours forced onto the torch path, upstream or None."""
+    out: Rows = {}
+    for name, direction in (("store", D.D2H), ("load", D.H2D)):
+        row: dict[str, float | None] = {"ours": _gbps(calls(ops, direction), nbytes, repeat)}
+        os.environ["LMCACHE_ASCEND_KERNEL_BACKEND"] = "torch"
+        try:
+            row["ours-torch"] = _gbps(calls(ops, direction), nbytes, max(rotate, repeat // 3))
+        finally:
+            os.environ.pop("LMCACHE_ASCEND_KERNEL_BACKEND")
+        row["upstream"] = _gbps(calls(upstream, direction), nbytes, max(rotate, repeat // 5)) if upstream_ok else None
+        out[name] = row
+    return out
+
+
+def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
     layers, ptrs = _paged(fmt, s)
     chunks = [(_slots(s, gen), torch.empty(2, s.layers, s.tokens, s.heads * s.head_size, dtype=s.dtype)) for _ in range(rotate)]
     kw = dict(block_size=s.block_size, head_size=s.head_size)
@@ -112,27 +146,77 @@ def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generato
             for slots, obj in chunks
         ]
 
-    out: dict[str, dict[str, float | None]] = {}
-    for name, direction in (("store", D.D2H), ("load", D.H2D)):
-        row: dict[str, float | None] = {"ours": _gbps(calls(ops, direction), s, repeat)}
-        os.environ["LMCACHE_ASCEND_KERNEL_BACKEND"] = "torch"
-        try:
-            row["ours-torch"] = _gbps(calls(ops, direction), s, max(rotate, repeat // 3))
-        finally:
-            os.environ.pop("LMCACHE_ASCEND_KERNEL_BACKEND")
-        row["upstream"] = _gbps(calls(upstream, direction), s, max(rotate, repeat // 5)) if fmt in UPSTREAM_OK else None
-        out[name] = row
+    out = _measure(calls, s.object_bytes, repeat, rotate, fmt in UPSTREAM_OK)
     del layers
-    return out
+    return out, s.object_bytes
 
 
-def _gbps(fns, s: Shape, repeat: int) -> float:
-    return s.object_bytes / time_calls(fns, repeat=repeat) / 1e9
+def _random(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape).to(dtype)
+    return torch.randint(-128, 128, shape, dtype=torch.int16).to(dtype)
 
 
-def bench_memcpy(s: Shape, repeat: int, rotate: int) -> float:
-    pairs = [(torch.randn(s.object_bytes // 4).view(torch.uint8), torch.empty(s.object_bytes, dtype=torch.uint8)) for _ in range(rotate)]
-    return _gbps([lambda src=src, dst=dst: dst.copy_(src) for src, dst in pairs], s, repeat)
+def bench_plane_tuple(spec: PlaneSpec, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
+    """Format 17 through ``multi_layer_block_kv_transfer``: ours take ``[1, L, chunk, H]``
+    objects, upstream ``[L, chunk, H]`` views of the same tensors."""
+    planes = [(w, d or s.dtype) for w, d in spec]
+    layers = [tuple(_random((s.blocks, s.block_size, 1, w), d) for w, d in planes) for _ in range(s.layers)]
+    row_bytes = sum(w * d.itemsize for w, d in planes)
+    first = planes[0][1]
+    hidden = row_bytes // first.itemsize
+    chunk = -(-s.tokens // s.block_size) * s.block_size
+    desc = PageBufferShapeDesc()
+    desc.kv_size, desc.nl, desc.nb, desc.bs, desc.nh, desc.hs = 1, s.layers, s.blocks, s.block_size, 1, hidden
+    desc.element_size, desc.block_stride_elems, desc.dtype = first.itemsize, s.block_size * planes[0][0], first
+    chunks = [
+        (_slots(s, gen)[:: s.block_size] // s.block_size, torch.empty(1, s.layers, chunk, hidden, dtype=first))
+        for _ in range(rotate)
+    ]
+
+    def calls(impl, direction: D) -> list:
+        return [
+            lambda blocks=blocks, obj=obj: impl.multi_layer_block_kv_transfer(
+                layers, [obj if impl is ops else obj[0]], blocks, torch.device("cpu"), direction, desc, chunk,
+                F.NL_X_NP_X_NB_BS_ONE_HS, 0,
+            )
+            for blocks, obj in chunks
+        ]
+
+    nbytes = s.layers * chunk * row_bytes
+    out = _measure(calls, nbytes, repeat, rotate, True)
+    del layers
+    return out, nbytes
+
+
+def bench_nz(fmt: KVFormat, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
+    """310P NZ: per layer (K, V), each ``[NB, NH * HS / 16, BS, 16]``; ``KV_2LTD`` objects."""
+    pieces = s.heads * s.head_size // 16
+    layers = [tuple(_random((s.blocks, pieces, s.block_size, 16), s.dtype) for _ in range(2)) for _ in range(s.layers)]
+    ptrs = torch.tensor([t.data_ptr() for layer in layers for t in layer], dtype=torch.int64)
+    chunks = [(_slots(s, gen), torch.empty(2, s.layers, s.tokens, s.heads * s.head_size, dtype=s.dtype)) for _ in range(rotate)]
+
+    def calls(impl, direction: D) -> list:
+        return [
+            lambda slots=slots, obj=obj: impl.multi_layer_kv_transfer(
+                obj, ptrs, slots, torch.device("cpu"), s.slots, direction, fmt, s.block_size, s.head_size
+            )
+            for slots, obj in chunks
+        ]
+
+    out = _measure(calls, s.object_bytes, repeat, rotate, False)
+    del layers
+    return out, s.object_bytes
+
+
+def _gbps(fns, nbytes: int, repeat: int) -> float:
+    return nbytes / time_calls(fns, repeat=repeat) / 1e9
+
+
+def bench_memcpy(nbytes: int, repeat: int, rotate: int) -> float:
+    nbytes = nbytes // 4 * 4
+    pairs = [(torch.randn(nbytes // 4).view(torch.uint8), torch.empty(nbytes, dtype=torch.uint8)) for _ in range(rotate)]
+    return _gbps([lambda src=src, dst=dst: dst.copy_(src) for src, dst in pairs], nbytes, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--repeat", type=int, default=48, help="timed calls per case (median is reported)")
     p.add_argument("--rotate", type=int, default=16, help="distinct chunks cycled through (1 = cache-hot)")
-    p.add_argument("--formats", nargs="*", choices=sorted(FORMATS), default=None, help="default: all")
+    p.add_argument("--formats", nargs="*", choices=sorted(ALL_NAMES), default=None, help="default: all")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "kernels.png")
     a = p.parse_args(argv)
     shape = Shape(a.layers, a.heads, a.head_size, a.tokens, a.slots, a.block_size, DTYPES[a.dtype])
-    names = a.formats or list(FORMATS)
+    names = a.formats or ALL_NAMES
     gen = torch.Generator().manual_seed(0)
 
     print(
@@ -160,16 +244,27 @@ def main(argv: list[str] | None = None) -> int:
         f"cycling {a.rotate} chunk(s); torch threads {torch.get_num_threads()}"
     )
     rotate = max(1, a.rotate)
-    memcpy = bench_memcpy(shape, a.repeat, rotate)
-    results = {}
+    memcpy_by_bytes = {shape.object_bytes: bench_memcpy(shape.object_bytes, a.repeat, rotate)}
+    memcpy = memcpy_by_bytes[shape.object_bytes]  # the headline's figure, as before
+    results: dict[str, Rows] = {}
+    row_memcpy: dict[str, float] = {}
     for name in tqdm(names, desc="formats", file=sys.stderr):
-        results[name] = bench_format(FORMATS[name], shape, a.repeat, rotate, gen)
+        if name in PLANE_TUPLES:
+            results[name], nbytes = bench_plane_tuple(PLANE_TUPLES[name], shape, a.repeat, rotate, gen)
+        elif name in NZ_LAYOUTS:
+            results[name], nbytes = bench_nz(NZ_LAYOUTS[name], shape, a.repeat, rotate, gen)
+        else:
+            results[name], nbytes = bench_format(FORMATS[name], shape, a.repeat, rotate, gen)
+        if nbytes not in memcpy_by_bytes:
+            memcpy_by_bytes[nbytes] = bench_memcpy(nbytes, a.repeat, rotate)
+        row_memcpy[name] = memcpy_by_bytes[nbytes]
 
     rows = []
     for name, per_dir in results.items():
+        mc = row_memcpy[name]
         for direction, r in per_dir.items():
             up = r["upstream"]
-            rows.append([name, direction, r["ours"], r["ours-torch"], up, memcpy, r["ours"] / memcpy, r["ours"] / up if up else None])
+            rows.append([name, direction, r["ours"], r["ours-torch"], up, mc, r["ours"] / mc, r["ours"] / up if up else None])
     print(format_table(["format", "op", "ours GB/s", "ours-torch GB/s", "upstream GB/s", "memcpy GB/s", "ours/memcpy", "ours/upstream"], rows))
 
     plot = bar_chart(
@@ -180,14 +275,14 @@ def main(argv: list[str] | None = None) -> int:
             "ours (C++)": [r["ours"] for n in results for r in results[n].values()],
             "ours (torch path)": [r["ours-torch"] for n in results for r in results[n].values()],
             "upstream torch baseline": [r["upstream"] for n in results for r in results[n].values()],
-            "memcpy": [memcpy for n in results for _ in results[n]],
+            "memcpy": [row_memcpy[n] for n in results for _ in results[n]],
         },
         "GB/s",
     )
     if plot:
         print(f"plot: {plot}")
 
-    head = next((n for n in results if FORMATS[n] == HEADLINE), None)
+    head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
     if a.json and head:
         store, load = results[head]["store"], results[head]["load"]
         print_json_last(

@@ -103,7 +103,9 @@ class ChunkLayout:
                 )
             # The window's first token may sit mid-position: one position more at most.
             return math.ceil(g.sliding_window / g.compress_ratio) + 1  # type: ignore[operator]
-        return math.ceil(self.chunk_size / g.compress_ratio)
+        # A chunk that does not start on a position boundary spans one more position.
+        straddle = 1 if self.chunk_size % g.compress_ratio else 0
+        return math.ceil(self.chunk_size / g.compress_ratio) + straddle
 
     def positions(self, group: int, start: int, end: int) -> PositionRange:
         """Cache positions of ``group`` that chunk ``[start, end)`` stores."""

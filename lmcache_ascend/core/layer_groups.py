@@ -4,10 +4,11 @@ Models whose layers do not all share one KV layout (hybrid attention, MLA next
 to MHA, per-layer head counts, different block sizes) are transferred one
 *group* at a time: a group is a set of layers with the same layout identity
 
-    (kv_size, num_heads, head_size, block_size, engine_group, dtype, format)
+    (kv_size, num_heads, head_size, block_size, engine_group, dtype, format, planes)
 
 which is the key upstream LMCache uses for its kernel groups
-(``lmcache.v1.kv_layer_groups.KernelGroupIdentity``). Groups keep the order in
+(``lmcache.v1.kv_layer_groups.KernelGroupIdentity``) plus, for plane tuples,
+the widths of the planes (upstream's key cannot tell ``(512, 64)`` from ``(576,)``). Groups keep the order in
 which their first layer appears; layers keep model order inside a group.
 
 Input is what an engine registers: a per-layer list (tensors, or ``(K, V)``
@@ -33,6 +34,9 @@ class LayerIdentity(NamedTuple):
     engine_group: int
     dtype: str
     fmt: KVFormat
+    # Plane tuples: (width, itemsize) per plane; () otherwise. Two tuples can
+    # pack the same row from different planes, e.g. (512, 64) and (576,).
+    planes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ def _identity(layout: KVCacheLayout, engine_group: int) -> LayerIdentity:
         engine_group=engine_group,
         dtype=layout.dtype,
         fmt=layout.fmt,
+        planes=g.planes,
     )
 
 
