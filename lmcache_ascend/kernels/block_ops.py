@@ -118,7 +118,9 @@ def _object_bytes(objects: object, count_needed: int, nbytes: int, device: torch
 
 def multi_layer_block_kv_transfer(
     paged_buffer_ptrs_tensor,
-    lmcache_objects_ptrs,
+    # LMCache's multi-process path reads this annotation to learn that the op
+    # takes tensors as well as pointers (transfer_context.base); keep "Tensor" in it.
+    lmcache_objects_ptrs: "list[int] | list[torch.Tensor]",
     block_ids,
     device,
     direction,

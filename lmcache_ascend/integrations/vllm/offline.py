@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env
+from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class LLMOptions:
     cpu_gib: float = 2.0
     kv_cache_gib: int = 1
     block_size: int | None = None
+    # LMCache multi-process mode instead of the in-process connector: the
+    # ``lmcache server`` port, and LMCache's device backend in vLLM's processes
+    # (``"ascend_cpu"`` for lmcache_ascend's ops, None for LMCache's default).
+    mp_port: int | None = None
+    device_backend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,20 @@ class PromptResult:
 
 def start_llm(opts: LLMOptions) -> Any:
     """A vLLM CPU ``LLM`` for ``opts`` (call under ``if __name__ == "__main__"``)."""
-    if opts.connector:
+    # LMCache picks its device backend at import, in each of vLLM's processes.
+    os.environ.pop("LMCACHE_DEVICE_BACKEND", None)
+    if opts.device_backend:
+        os.environ["LMCACHE_DEVICE_BACKEND"] = opts.device_backend
+    if opts.connector and opts.mp_port is None:
         os.environ.update(lmcache_env(disk_dir=opts.disk_dir, layerwise=opts.layerwise, cpu_gib=opts.cpu_gib))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
     from vllm import LLM
+    from vllm.config import KVTransferConfig
 
     kwargs: dict[str, Any] = {}
-    if opts.connector:
+    if opts.mp_port is not None:
+        kwargs["kv_transfer_config"] = KVTransferConfig(**mp_kv_transfer_config_dict(opts.mp_port))
+    elif opts.connector:
         kwargs["kv_transfer_config"] = kv_transfer_config()
     if opts.block_size is not None:
         kwargs["block_size"] = opts.block_size

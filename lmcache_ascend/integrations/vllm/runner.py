@@ -4,7 +4,7 @@ Every engine gets its own process (vLLM CPU spawns workers and owns global
 state; LMCache's engine is a per-process singleton), as in production where a
 second engine is a second process:
 
-    python -m lmcache_ascend.integrations.vllm.runner '<json options>'
+    echo '<json options>' | python -m lmcache_ascend.integrations.vllm.runner
 
 Options are :class:`~lmcache_ascend.integrations.vllm.offline.LLMOptions`
 fields plus ``prompts`` (token-id lists, sent in order) and ``max_tokens``.
@@ -35,7 +35,8 @@ def run_engine(options: dict[str, Any], *, timeout_s: float = 420, env: dict[str
     if rpc_dir is not None:
         child_env["VLLM_RPC_BASE_PATH"] = str(rpc_dir)  # LMCache's ZMQ sockets live here
     proc = subprocess.run(
-        [sys.executable, "-m", __name__, json.dumps(options, default=str)],
+        [sys.executable, "-m", __name__],
+        input=json.dumps(options, default=str),  # stdin: long prompts exceed argv limits
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -64,4 +65,4 @@ def _child(raw: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(sys.argv[1]))
+    raise SystemExit(_child(sys.stdin.read()))

@@ -13,6 +13,7 @@ from typing import Any
 
 CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
 CONNECTOR_MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
+MP_CONNECTOR = "LMCacheMPConnector"  # vLLM's connector for LMCache's multi-process mode
 
 
 def kv_transfer_config_dict(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -31,6 +32,20 @@ def kv_transfer_config(extra: dict[str, Any] | None = None) -> Any:
     from vllm.config import KVTransferConfig
 
     return KVTransferConfig(**kv_transfer_config_dict(extra))
+
+
+def mp_kv_transfer_config_dict(port: int, host: str = "127.0.0.1", transfer_mode: str = "engine_driven") -> dict[str, Any]:
+    """``--kv-transfer-config`` for LMCache's multi-process mode (an ``lmcache server``)."""
+    return {
+        "kv_connector": MP_CONNECTOR,
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": {
+            "lmcache.mp.host": f"tcp://{host}",
+            "lmcache.mp.port": int(port),
+            "lmcache.mp.mp_transfer_mode": transfer_mode,
+            "lmcache.mp.mq_timeout": 120.0,
+        },
+    }
 
 
 def lmcache_env(
