@@ -39,7 +39,9 @@ ITEMSIZE: dict[str, int] = {
 }
 
 _NUMPY_ALIASES = {"float16": "float16", "bool_": "bool"}
-_MINDSPORE_ALIASES = {"bool_": "bool", "float8_e4m3fn": "float8_e4m3fn"}
+# MindSpore prints dtypes in CamelCase ("BFloat16", "Float8E4M3FN"); lower-cased,
+# most match the canonical names, these do not.
+_MINDSPORE_ALIASES = {"bool_": "bool", "float8e4m3fn": "float8_e4m3fn", "float8e5m2": "float8_e5m2"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def describe(tensor: Any) -> TensorDesc:
         return _from_torch(tensor)
     if root == "numpy":
         return _from_numpy(tensor)
-    if root == "mindspore":
+    if root == "mindspore" or _is_mindspore(tensor):
         return _from_mindspore(tensor)
     raise TypeError(
         f"expected a torch.Tensor, numpy.ndarray or mindspore.Tensor, "
@@ -147,7 +149,21 @@ def _from_numpy(a: Any) -> TensorDesc:
     )
 
 
+def _is_mindspore(t: Any) -> bool:
+    """True for MindSpore tensor subclasses defined elsewhere (``Parameter``'s
+    class is created in module ``abc``), recognised through the class hierarchy."""
+    return any(c.__module__.split(".", 1)[0] == "mindspore" for c in type(t).__mro__)
+
+
 def _from_mindspore(t: Any) -> TensorDesc:
+    """Describe a MindSpore tensor (``Tensor``, ``Parameter``).
+
+    ``data_ptr()`` waits for the asynchronous work pending on the tensor, so the
+    address is safe to read and write through once this returns; it includes
+    the view's storage offset. Strides come from ``stride()`` (in elements).
+    MindSpore names host tensors' device ``"CPU"``; any other device is taken to
+    be an Ascend NPU (MindSpore tensors carry no device index).
+    """
     name = str(t.dtype).lower()
     name = _MINDSPORE_ALIASES.get(name, name)
     if name not in ITEMSIZE:
@@ -155,7 +171,6 @@ def _from_mindspore(t: Any) -> TensorDesc:
     shape = tuple(int(n) for n in t.shape)
     strides_fn = getattr(t, "stride", None)
     strides = tuple(int(s) for s in strides_fn()) if callable(strides_fn) else contiguous_strides(shape)
-    # MindSpore CPU tensors report "CPU"; Ascend tensors "Ascend".
     place = str(getattr(t, "device", "CPU")).lower()
     device = "cpu" if place.startswith("cpu") else "npu:0"
     return TensorDesc(

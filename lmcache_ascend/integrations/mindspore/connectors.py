@@ -1,0 +1,119 @@
+"""LMCache device connectors for MindSpore paged KV (vllm-mindspore).
+
+Same contract as the PyTorch flavour's connectors in
+``integrations/lmcache/`` (which these subclass, keeping their chunk, stream and
+generator logic): LMCache hands ``kvcaches`` (per layer ``(K, V)`` or
+``(latent,)`` MindSpore tensors, see ``engine_kv``), ``slot_mapping`` and, on
+load, ``vllm_cached_tokens``; memory objects are LMCache's own.
+
+- :class:`MindSporePagedConnector`: ``KV_2LTD`` ``[2, L, T, H]`` (``KV_MLA_FMT``
+  ``[1, L, T, H]`` for MLA), one chunk per object.
+- :class:`MindSporeLayerwiseConnector` (``use_layerwise``): ``KV_T2D``
+  ``[T, 2, H]`` per layer and chunk (``[T, H]`` for MLA).
+
+What differs is only where the bytes go: MindSpore work is synchronized before
+pointers are taken, and the host C++ core copies through them (``transfer``).
+The engine's slots the engine computed itself (``vllm_cached_tokens``) are left
+alone on load; a negative slot skips its token. Every call is complete when it
+returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lmcache.v1.memory_management import MemoryObj
+
+from lmcache_ascend.core.devices import MindSporeBackend
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKVUser
+from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
+from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
+from lmcache_ascend.integrations.mindspore import transfer
+from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV, MindSporeKVCache
+
+
+class MindSporeKVUser(EngineKVUser):
+    """Set-up shared by both connectors: MindSpore synchronization, KV described from MindSpore tensors."""
+
+    engine_device: str
+
+    def _setup(
+        self,
+        *,
+        num_layers: int,
+        hidden_dim: int,
+        use_mla: bool,
+        device: Any,
+        layout_hints: Mapping[str, Any] | None,
+        engine: str,
+    ) -> None:
+        # ``device`` is the engine's device string ("cpu", "npu", ...). The KV's
+        # own tensors say where it lives; only host KV is moved (engine_kv).
+        self.num_layers = num_layers
+        self.hidden_dim_size = hidden_dim
+        self.use_mla = use_mla
+        self.engine_device = str(device)
+        self.device = "cpu"
+        self.kvcaches = None
+        self._backend = MindSporeBackend()
+        self.load_stream = self._backend.new_stream()
+        self.store_stream = self._backend.new_stream()
+        self._ms_kv = MindSporeKVCache()
+
+    def _engine_kv(self, kwargs: Mapping[str, Any]) -> MindSporeKV:  # type: ignore[override]
+        # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
+        # fix-up recurses without end into MindSpore tensors (they iterate as
+        # tensors). Permuted views are handled by our own detection instead.
+        if "kvcaches" in kwargs:
+            self.kvcaches = kwargs["kvcaches"]
+        if self.kvcaches is None:
+            raise ValueError("'kvcaches' should be provided in kwargs")
+        # The engine's kernels that wrote (store) or will read (load) this KV are
+        # ordered by MindSpore; copies through raw pointers are not, so wait first.
+        self._backend.synchronize()
+        kv = self._ms_kv.get(self.kvcaches)
+        if kv.num_layers != self.num_layers:
+            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
+        if kv.use_mla != self.use_mla:
+            raise ValueError(f"kvcaches is {'MLA' if kv.use_mla else '(K, V)'} but LMCache metadata says use_mla={self.use_mla}")
+        if kv.hidden_dim != self.hidden_dim_size:
+            raise ValueError(f"kvcaches has {kv.hidden_dim} elements per token and layer, LMCache metadata {self.hidden_dim_size}")
+        return kv
+
+
+class MindSporePagedConnector(MindSporeKVUser, PagedKVConnector):
+    """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects."""
+
+    def _transfer(self, kv: MindSporeKV, obj: MemoryObj, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
+        if obj.tensor is None:
+            raise ValueError("memory object has no tensor")
+        transfer.multi_layer(kv, obj.tensor, slots, direction, skip)
+
+
+class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
+    """Paged MindSpore KV <-> per-layer ``KV_T2D`` memory objects, driven as LMCache's generators."""
+
+    def _move(self, kv: MindSporeKV, layer: int, obj: MemoryObj, slots: Any, direction: int) -> None:  # type: ignore[override]
+        if obj.tensor is None:
+            raise ValueError("memory object has no tensor")
+        transfer.single_layer(kv, layer, obj.tensor, slots, direction)
+
+    @staticmethod
+    def _skip_cached(slots: Any, start: int, cached: int) -> Any:
+        # Tokens the engine already holds get slot -1 on a host copy of the
+        # chunk's mapping (the mapping may be a MindSpore tensor).
+        skip = min(len(slots), max(0, cached - start))
+        if skip == 0:
+            return slots
+        out = transfer.host_slots(slots, copy=True)
+        out[:skip] = -1
+        return out
+
+
+def create_device_connector(config: Any, metadata: Any, device: Any) -> MindSporeKVUser:
+    """The paged or layerwise connector LMCache's ``config`` asks for."""
+    if config.enable_blending:
+        raise ValueError("CacheBlend (enable_blending) is not supported by lmcache_ascend yet")
+    cls = MindSporeLayerwiseConnector if config.use_layerwise else MindSporePagedConnector
+    return cls.from_metadata(metadata, device=device)

@@ -1,0 +1,154 @@
+"""MindSpore paged KV <-> LMCache memory objects, through the host C++ core.
+
+The same plane tables as the PyTorch flavour (``core.planes``) run through the
+same host kernel (``kernels.host.run_planes``), so the memory objects are byte
+for byte the PyTorch flavour's:
+
+``multi_layer(kv, obj, slot_mapping, direction, skip_prefix=0)``
+    ``obj`` ``[2, L, T, H]`` (``KV_2LTD``) or ``[1, L, T, H]`` for MLA
+    (``KV_MLA_FMT``) <-> every layer of ``kv``.
+``single_layer(kv, layer, obj, slot_mapping, direction)``
+    ``obj`` ``[T, 2, H]`` (``KV_T2D``, layerwise) or ``[T, H]`` for MLA <-> one layer.
+
+``H = num_kv_heads * head_size`` (``head_size`` for MLA). Token ``t`` goes to
+slot ``slot_mapping[t]``, ``slot = block_id * block_size + offset``; tokens
+with a negative slot, and the first ``skip_prefix`` tokens, are left alone in
+both directions. Direction 0 (H2D) loads object -> paged KV, 1 (D2H) stores
+paged KV -> object.
+
+``obj`` is the memory object's tensor: a torch tensor (LMCache's allocator), a
+numpy array or a MindSpore tensor, in host memory, dense, of the KV's dtype.
+``slot_mapping`` is a 1-D integer torch / MindSpore tensor, numpy array or list.
+Every argument is checked before any byte moves (``TypeError`` / ``ValueError``
+naming it); the copy is complete when the call returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from lmcache_ascend.core.kv_format import format_spec
+from lmcache_ascend.core.planes import multi_layer_plane_set, single_layer_plane_set
+from lmcache_ascend.core.tensor_desc import TensorDesc, describe
+from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV
+from lmcache_ascend.kernels import host
+
+H2D = 0
+D2H = 1
+
+
+def _check_int(value: object, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_direction(direction: object) -> int:
+    """An int, ``IntEnum`` or LMCache ``TransferDirection`` (a pybind11 enum) as 0 or 1."""
+    if isinstance(direction, (bool, float, str, bytes)) or not hasattr(direction, "__int__"):
+        raise TypeError(f"direction must be a TransferDirection or int, got {type(direction).__name__}")
+    value = int(direction)  # type: ignore[call-overload]
+    if value not in (H2D, D2H):
+        raise ValueError(f"direction must be 0 (H2D, object -> paged) or 1 (D2H, paged -> object), got {value}")
+    return value
+
+
+def _as_numpy(values: Any, name: str) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
+    if isinstance(values, (list, tuple)):
+        return np.asarray(values)
+    asnumpy = getattr(values, "asnumpy", None)  # MindSpore
+    if callable(asnumpy):
+        return np.asarray(asnumpy())
+    if all(callable(getattr(values, m, None)) for m in ("detach", "cpu", "numpy")):  # torch
+        return values.detach().cpu().numpy()
+    raise TypeError(f"{name} must be a 1-D integer tensor, array or list, got {type(values).__name__}")
+
+
+def host_slots(slot_mapping: Any, name: str = "slot_mapping", copy: bool = False) -> np.ndarray:
+    """``slot_mapping`` as a dense 1-D int64 host array (a private copy with ``copy``)."""
+    arr = _as_numpy(slot_mapping, name)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {list(arr.shape)}")
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise TypeError(f"{name} must hold integer slot ids, got {arr.dtype}")
+    if copy:
+        return np.array(arr, dtype=np.int64, order="C", copy=True)
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def slot_array(slot_mapping: Any, num_tokens: int, num_slots: int, skip_prefix: int = 0, name: str = "slot_mapping") -> np.ndarray:
+    """``slot_mapping`` as a dense int64 host array of ``num_tokens`` entries, every
+    live one (after ``skip_prefix``, not negative) < ``num_slots``."""
+    arr = host_slots(slot_mapping, name)
+    if arr.shape[0] != num_tokens:
+        raise ValueError(f"{name} has {arr.shape[0]} entries for {num_tokens} tokens")
+    live = arr[skip_prefix:]
+    if live.size and int(live.max()) >= num_slots:
+        bad = int(np.argmax(live >= num_slots)) + skip_prefix
+        raise ValueError(f"{name}[{bad}] = {int(arr[bad])} is outside the paged KV ({num_slots} slots)")
+    return arr
+
+
+def describe_object(obj: Any, ndim: int, name: str = "memory_obj") -> TensorDesc:
+    """The memory object's description; it must be a tensor / array of ``ndim`` dims."""
+    try:
+        d = describe(obj)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
+    if d.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {list(d.shape)}")
+    return d
+
+
+def check_object(d: TensorDesc, kv: MindSporeKV, shape: tuple[int, ...], name: str = "memory_obj") -> TensorDesc:
+    """``d`` after checking it is a dense host object of ``shape`` and the KV's dtype."""
+    if d.shape != shape:
+        raise ValueError(f"{name} has shape {list(d.shape)}, expected {list(shape)}")
+    if d.dtype != kv.dtype:
+        raise TypeError(f"{name} has dtype {d.dtype}, the paged KV {kv.dtype}")
+    if not d.is_host:
+        raise ValueError(f"{name} is on {d.device}; it must be in host memory")
+    if not d.is_contiguous:
+        raise ValueError(f"{name} must be contiguous (shape {list(d.shape)}, strides {list(d.strides)})")
+    return d
+
+
+def multi_layer(kv: MindSporeKV, obj: Any, slot_mapping: Any, direction: object, skip_prefix: int = 0) -> None:
+    """All layers of ``kv`` <-> ``obj`` ``[kv, L, T, H]`` (see the module docstring)."""
+    direction = check_direction(direction)
+    skip = _check_int(skip_prefix, "skip_prefix")
+    spec = format_spec(kv.fmt)
+    d = describe_object(obj, 4)
+    num_tokens = d.shape[2]
+    check_object(d, kv, (spec.kv_size, kv.num_layers, num_tokens, kv.hidden_dim))
+    slots = slot_array(slot_mapping, num_tokens, kv.num_slots, skip)
+    if num_tokens == 0 or skip >= num_tokens:
+        return
+    planes = multi_layer_plane_set(spec, kv.layout.geometry, num_tokens)
+    host.run_planes(planes.bind(kv.ptrs, d.ptr), slots.ctypes.data, 8, num_tokens, skip, direction)
+
+
+def single_layer(kv: MindSporeKV, layer: int, obj: Any, slot_mapping: Any, direction: object) -> None:
+    """Layer ``layer`` of ``kv`` <-> token-major ``obj`` ``[T, 2, H]`` (``[T, H]`` for MLA)."""
+    direction = check_direction(direction)
+    layer = _check_int(layer, "layer")
+    if layer >= kv.num_layers:
+        raise ValueError(f"layer {layer} is outside the paged KV's {kv.num_layers} layers")
+    spec = format_spec(kv.fmt)
+    d = describe_object(obj, 2 if kv.use_mla else 3)
+    num_tokens = d.shape[0]
+    shape = (num_tokens, kv.hidden_dim) if kv.use_mla else (num_tokens, 2, kv.hidden_dim)
+    check_object(d, kv, shape)
+    slots = slot_array(slot_mapping, num_tokens, kv.num_slots)
+    if num_tokens == 0:
+        return
+    geometry = kv.layout.geometry
+    planes = single_layer_plane_set(spec, dataclasses.replace(geometry, num_layers=1), num_tokens, token_major=True)
+    host.run_planes(planes.bind(kv.layer_ptrs(layer), d.ptr), slots.ctypes.data, 8, num_tokens, 0, direction)

@@ -1,0 +1,80 @@
+"""How vLLM reaches the MindSpore flavour's connector (runs where vLLM is installed).
+
+vllm_mindspore itself cannot be installed next to the real torch LMCache uses
+here, so the wiring is checked with vLLM CPU's real factory, config and
+distributed state: the flavour selects the class behind the configured module
+path, and a worker-side connector registers LMCache's engine with the
+MindSpore device connectors. The data path is covered by the MindSpore tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from lmcache.v1.cache_engine import LMCacheEngineBuilder  # noqa: E402
+from vllm.config import KVTransferConfig  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
+from vllm.utils.func_utils import supports_kw  # noqa: E402
+
+from lmcache_ascend import build_info  # noqa: E402
+from lmcache_ascend.integrations.lmcache.plugin import ENGINE_NAME  # noqa: E402
+from lmcache_ascend.integrations.mindspore import flavour, vllm_connector  # noqa: E402
+from lmcache_ascend.integrations.mindspore.connectors import MindSporeLayerwiseConnector, MindSporePagedConnector  # noqa: E402
+from lmcache_ascend.integrations.vllm import connector_v1  # noqa: E402
+from tests.integrations.vllm import helpers  # noqa: E402
+from tests.integrations.vllm.conftest import distributed, lmcache_env, tiny_model_dir, vllm_session_env  # noqa: E402, F401
+
+MS_CLASS = vllm_connector.LMCacheAscendConnectorV1Dynamic
+
+
+def test_each_flavour_has_its_connector_class() -> None:
+    assert flavour.connector_class("pytorch") is connector_v1.LMCacheAscendConnectorV1Dynamic
+    assert flavour.connector_class("mindspore") is MS_CLASS
+    assert MS_CLASS.__name__ == connector_v1.LMCacheAscendConnectorV1Dynamic.__name__ == flavour.CONNECTOR_CLASS
+    with pytest.raises(ValueError, match="flavour must be one of"):
+        flavour.connector_class("tensorflow")
+
+
+def test_compatibility_module_serves_the_built_flavour() -> None:
+    compat = importlib.import_module("lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1")
+    assert compat.LMCacheAscendConnectorV1Dynamic is flavour.connector_class(build_info().flavour)
+
+
+def test_vllm_factory_resolves_the_mindspore_class() -> None:
+    config = KVTransferConfig(
+        kv_connector=flavour.CONNECTOR_CLASS, kv_connector_module_path=flavour.connector_module("mindspore"), kv_role="kv_both"
+    )
+    cls = KVConnectorFactory.get_connector_class(config)
+    assert cls is MS_CLASS
+    assert supports_kw(cls, "kv_cache_config")
+    assert cls.__abstractmethods__ == frozenset()
+
+
+@pytest.mark.parametrize("layerwise", [False, True], ids=["paged", "layerwise"])
+def test_worker_registers_lmcache_with_the_mindspore_device_connector(
+    lmcache_env: pytest.MonkeyPatch, tiny_model_dir: Path, layerwise: bool
+) -> None:
+    lmcache_env.setenv("LMCACHE_USE_LAYERWISE", str(layerwise))
+    config = helpers.vllm_config(tiny_model_dir)
+    kv_config = helpers.kv_cache_config(config)
+
+    scheduler = MS_CLASS(config, KVConnectorRole.SCHEDULER, kv_config)
+    assert scheduler.lmcache_engine is None and LMCacheEngineBuilder.get(ENGINE_NAME) is None
+    worker = MS_CLASS(config, KVConnectorRole.WORKER, kv_config)
+    try:
+        engine = LMCacheEngineBuilder.get(ENGINE_NAME)
+        assert worker.lmcache_engine is engine
+        expected = MindSporeLayerwiseConnector if layerwise else MindSporePagedConnector
+        assert type(engine.gpu_connector) is expected
+        assert engine.gpu_connector.num_layers == config.model_config.get_num_layers(config.parallel_config)
+        assert engine.config.pre_caching_hash_algorithm == "sha256_cbor"
+    finally:
+        worker.shutdown()
+        scheduler.shutdown()
+        LMCacheEngineBuilder.destroy(ENGINE_NAME)
