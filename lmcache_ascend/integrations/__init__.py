@@ -1,6 +1,11 @@
 """Engine adapters. Each sub-package wires one serving stack to the kernel core:
 
-- ``lmcache``: LMCache device connectors (paged and layerwise) and the one
-  module that plugs them into LMCache's engine (``plugin``).
+- ``lmcache``: LMCache device connectors (paged and layerwise), the module that
+  plugs them into LMCache's in-process engine (``plugin``), the ``ascend_cpu``
+  device backend for LMCache's multi-process mode (``device_plugin``) and a
+  helper to run an ``lmcache server`` (``mp_server``).
 - ``vllm``: the vLLM v1 KV connector ``LMCacheAscendConnectorV1Dynamic``.
+- ``sglang``: SGLang's ``--enable-lmcache`` radix cache on NPU and host KV pools.
+- ``mindspore``: the MindSpore flavour (``USE_MINDSPORE=1``): MindSpore tensors,
+  device connectors and the vLLM-MindSpore connector.
 """

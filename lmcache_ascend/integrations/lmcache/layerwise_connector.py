@@ -74,7 +74,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         slot_mapping = require_kwarg(kwargs, "slot_mapping")
         sync = bool(require_kwarg(kwargs, "sync"))
         cached = int(kwargs.get("vllm_cached_tokens", 0))
-        chunks = [_skip_cached(slot_mapping[s:e], s, cached) for s, e in zip(starts, ends, strict=True)]
+        chunks = [self._skip_cached(slot_mapping[s:e], s, cached) for s, e in zip(starts, ends, strict=True)]
         for layer in range(self.num_layers):
             objs = yield
             if objs is None or len(objs) != len(chunks):
@@ -89,6 +89,16 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         yield
         self.load_stream.synchronize()
         yield
+
+    @staticmethod
+    def _skip_cached(slots: Any, start: int, cached: int) -> Any:
+        """Mark the chunk's tokens the engine already computed (``< cached``) as -1."""
+        skip = min(len(slots), max(0, cached - start))
+        if skip == 0:
+            return slots
+        slots = slots.clone()
+        slots[:skip] = -1
+        return slots
 
     def batched_from_gpu(
         self, memory_objs: Sequence[Sequence[MemoryObj]], starts: Sequence[int], ends: Sequence[int], **kwargs: Any
@@ -108,13 +118,3 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
                 self.store_stream.synchronize()
         self.store_stream.synchronize()
         yield
-
-
-def _skip_cached(slots: torch.Tensor, start: int, cached: int) -> torch.Tensor:
-    """Mark the tokens the engine already computed (``< cached``) as -1."""
-    skip = min(len(slots), max(0, cached - start))
-    if skip == 0:
-        return slots
-    slots = slots.clone()
-    slots[:skip] = -1
-    return slots

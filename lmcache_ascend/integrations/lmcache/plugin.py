@@ -30,6 +30,7 @@ must be a multiple of the block size and ``save_unfull_chunk`` must be off;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lmcache.logging import init_logger
@@ -75,7 +76,7 @@ def check_host_block_alignment(config: Any, block_size: int) -> None:
 
 
 def create_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any) -> Any:
-    """Our paged or layerwise device connector for this engine's KV."""
+    """Our paged or layerwise device connector for this engine's KV (PyTorch tensors)."""
     from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
     from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 
@@ -85,8 +86,11 @@ def create_device_connector(config: Any, metadata: Any, device: Any, layout_hint
     return cls.from_metadata(metadata, device=device, layout_hints=layout_hints)
 
 
-def register_engine(vllm_config: Any, config: Any) -> Any:
-    """Create (once per process) the LMCache engine with our device connector."""
+ConnectorFactory = Callable[[Any, Any, Any, Any], Any]  # (config, metadata, device, layout_hints)
+
+
+def register_engine(vllm_config: Any, config: Any, make_connector: ConnectorFactory = create_device_connector) -> Any:
+    """Create (once per process) the LMCache engine with ``make_connector``'s device connector."""
     from lmcache.integration.vllm.utils import vllm_layout_hints
     from lmcache.integration.vllm.vllm_service_factory import VllmServiceFactory
     from lmcache.v1.cache_engine import LMCacheEngineBuilder
@@ -99,7 +103,7 @@ def register_engine(vllm_config: Any, config: Any) -> Any:
     if str(device).startswith("cpu"):
         check_host_block_alignment(config, vllm_config.cache_config.block_size)
     metadata = VllmServiceFactory(config, vllm_config, "worker").get_or_create_metadata()
-    connector = create_device_connector(config, metadata, device, vllm_layout_hints(vllm_config))
+    connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))
     tp_group = get_tp_group()
     engine = LMCacheEngineBuilder.get_or_create(
         ENGINE_NAME, config, metadata, connector, tp_group.broadcast, tp_group.broadcast_object

@@ -33,7 +33,7 @@ scheduler and worker processes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
 from lmcache.logging import init_logger
@@ -46,13 +46,17 @@ logger = init_logger(__name__)
 
 
 class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
+    # The device connector the worker's LMCache engine gets; a flavour with
+    # other tensors (MindSpore) overrides it.
+    make_device_connector: ClassVar[plugin.ConnectorFactory] = staticmethod(plugin.create_device_connector)
+
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
         registered = None
         if role == KVConnectorRole.WORKER:
             if str(vllm_config.device_config.device).startswith("cpu"):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
-            registered = plugin.register_engine(vllm_config, config)
+            registered = plugin.register_engine(vllm_config, config, self.make_device_connector)
         try:
             super().__init__(vllm_config, role, kv_cache_config)
         except BaseException:
