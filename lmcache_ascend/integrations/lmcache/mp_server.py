@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -52,10 +53,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_command(port: int, http_port: int, *, chunk_size: int = 256, l1_gb: float = 1.0, shm_name: str | None = None) -> list[str]:
+def lmcache_executable() -> str:
+    """The `lmcache` CLI of the running interpreter's environment, else the one on PATH.
+
+    A venv's scripts are not on PATH when its python is called by full path
+    (CI does that), so the interpreter's own bin directory is searched first.
+    """
+    beside = Path(sys.executable).parent / "lmcache"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     exe = shutil.which("lmcache")
     if exe is None:
-        raise FileNotFoundError("the `lmcache` command is not on PATH; install lmcache==0.5.6")
+        raise FileNotFoundError("the `lmcache` command is not beside the interpreter nor on PATH; install lmcache==0.5.6")
+    return exe
+
+
+def server_command(port: int, http_port: int, *, chunk_size: int = 256, l1_gb: float = 1.0, shm_name: str | None = None) -> list[str]:
+    exe = lmcache_executable()
     cmd = [
         exe, "server",
         "--host", "127.0.0.1", "--port", str(port),
