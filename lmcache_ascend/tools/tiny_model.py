@@ -34,11 +34,24 @@ class TinyLlamaSpec:
     # Larger than Llama's 0.02 so attention, and therefore the cached KV,
     # visibly steers greedy outputs: a corrupted KV load changes the tokens.
     initializer_range: float = 0.2
+    # Mixed attention (Gemma / Ministral style): with sliding_window > 0, every
+    # sliding_pattern-th layer attends to everything and the others only to the
+    # last sliding_window tokens (vLLM reads config.layer_types).
+    sliding_window: int = 0
+    sliding_pattern: int = 2
 
     @property
     def kv_bytes_per_token(self) -> int:
         """KV bytes one token occupies across all layers (bf16)."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
+
+    def layer_types(self) -> list[str] | None:
+        """Per-layer attention kinds in Hugging Face's ``layer_types`` terms; None if all full."""
+        if self.sliding_window <= 0:
+            return None
+        if self.sliding_pattern < 1:
+            raise ValueError(f"sliding_pattern must be >= 1, got {self.sliding_pattern}")
+        return ["full_attention" if (i + 1) % self.sliding_pattern == 0 else "sliding_attention" for i in range(self.num_layers)]
 
 
 # A KV-heavy, compute-light model: 64 KiB of KV per token, so moving KV is a
@@ -85,6 +98,8 @@ def build(out: Path, spec: TinyLlamaSpec = TinyLlamaSpec()) -> Path:
     )
     tokenizer.save_pretrained(out)
 
+    mixed = spec.layer_types()
+    attention = {"layer_types": mixed, "sliding_window": spec.sliding_window} if mixed else {}
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=spec.hidden_size,
@@ -100,6 +115,7 @@ def build(out: Path, spec: TinyLlamaSpec = TinyLlamaSpec()) -> Path:
         torch_dtype="bfloat16",
         tie_word_embeddings=False,
         initializer_range=spec.initializer_range,
+        **attention,
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
