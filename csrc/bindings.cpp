@@ -13,6 +13,7 @@
 
 #include "host_memory.h"
 #include "plane_transfer.h"
+#include "rope.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -69,4 +70,12 @@ PYBIND11_MODULE(_kvcore, m) {
   m.def("host_live_allocations", &la::host_live_allocations);
   m.def("hardware_threads", &la::hardware_threads);
   m.def("page_size", &la::page_size);
+  m.def("rope_k_fused", &la::rope_k_fused, py::arg("key_addr"), py::arg("key_kind"),
+        py::arg("num_tokens"), py::arg("num_heads"), py::arg("token_stride"),
+        py::arg("head_stride"), py::arg("table_addr"), py::arg("table_kind"),
+        py::arg("table_rows"), py::arg("rot_dim"), py::arg("row_stride"),
+        py::arg("old_positions_addr"), py::arg("new_positions_addr"),
+        py::arg("positions_itemsize"), py::arg("is_neox"), py::arg("compute_kind"),
+        py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Re-rotate keys in place from old to new positions (rotary_embedding_k_fused).");
 }

@@ -6,8 +6,9 @@ this module and installs every public callable and type on
 ``lmcache.device_ops``. So this module defines nothing but ops and the enums
 they take; everything else lives in :mod:`lmcache_ascend.kernels`.
 
-Ops not listed here (cachegen codec, RoPE re-rotation, event recorders) keep
-LMCache's own implementation.
+Ops not listed here (cachegen codec, event recorders) keep LMCache's own
+implementation. ``rotary_embedding_k_fused`` / ``_strided`` re-rotate cached K
+to new positions for CacheBlend (see :mod:`lmcache_ascend.kernels.rope_ops`).
 
 Backends: host-resident tensors go to the C++ core, device-resident ones to the
 device-generic torch path; ``LMCACHE_ASCEND_KERNEL_BACKEND=torch`` forces the
@@ -32,6 +33,7 @@ from lmcache_ascend.kernels.memory_ops import (
     free_pinned_ptr,
     lmcache_memcpy_async,
 )
+from lmcache_ascend.kernels.rope_ops import rotary_embedding_k_fused, rotary_embedding_k_fused_strided
 from lmcache_ascend.kernels.slot_ops import (
     load_and_reshape_flash,
     multi_layer_kv_transfer,
@@ -61,6 +63,8 @@ __all__ = [
     "multi_layer_kv_transfer",
     "multi_layer_kv_transfer_unilateral",
     "reshape_and_cache_back_flash",
+    "rotary_embedding_k_fused",
+    "rotary_embedding_k_fused_strided",
     "single_layer_kv_transfer",
     "single_layer_kv_transfer_sgl",
 ]
