@@ -66,6 +66,9 @@ def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
     allowed = (1, 2) if spec.kv_inner else (spec.kv_size,)
     if desc["kv_size"] not in allowed:
         fail(ValueError, "shape_desc.kv_size", f"is {desc['kv_size']}; {spec.fmt.name} needs {' or '.join(map(str, allowed))}")
+    if spec.mla and desc["nh"] != 1:
+        # an MLA token is one latent row: nh > 1 would size objects nh times too large
+        fail(ValueError, "shape_desc.nh", f"is {desc['nh']}; {spec.fmt.name} (MLA) has one head")
     head_size = desc["hs"]
     if fused:
         if head_size % 2:
@@ -95,25 +98,28 @@ def _plane_tuple_geometry(arg: object, desc: dict[str, int]) -> KVGeometry:
 
 
 def _object_bytes(objects: object, count_needed: int, nbytes: int, device: torch.device) -> list[torch.Tensor]:
+    """Byte views of the first ``count_needed`` objects. Every entry is checked
+    (kind, null or negative address, size) even when the block ids need fewer:
+    a malformed list is refused as a whole, whatever the call moves."""
     if not isinstance(objects, (list, tuple)) or not objects:
         fail(TypeError, "lmcache_objects_ptrs", "must be a non-empty list of pointers or tensors")
     if len(objects) < count_needed:
         fail(ValueError, "lmcache_objects_ptrs", f"has {len(objects)} objects; the block ids need {count_needed}")
-    out = []
-    for i, o in enumerate(objects[:count_needed]):
-        name = f"lmcache_objects_ptrs[{i}]"
-        if isinstance(o, torch.Tensor):
-            check_tensor(o, name)
-            if o.numel() * o.element_size() < nbytes:
-                fail(ValueError, name, f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
-            out.append(torch_path.byte_view(o)[:nbytes])
-        elif isinstance(o, int) and not isinstance(o, bool):
-            if o == 0:
-                fail(ValueError, name, "is a null pointer")
-            out.append(torch_path.device_bytes(o, nbytes, device))
-        else:
-            fail(TypeError, name, f"must be an int pointer or a tensor, got {type(o).__name__}")
-    return out
+    out = [_one_object(o, f"lmcache_objects_ptrs[{i}]", nbytes, device) for i, o in enumerate(objects)]
+    return out[:count_needed]
+
+
+def _one_object(o: object, name: str, nbytes: int, device: torch.device) -> torch.Tensor:
+    if isinstance(o, torch.Tensor):
+        check_tensor(o, name)
+        if o.numel() * o.element_size() < nbytes:
+            fail(ValueError, name, f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
+        return torch_path.byte_view(o)[:nbytes]
+    if isinstance(o, int) and not isinstance(o, bool):
+        if o <= 0:
+            fail(ValueError, name, f"is an invalid address {o} (null or negative)")
+        return torch_path.device_bytes(o, nbytes, device)
+    fail(TypeError, name, f"must be an int pointer or a tensor, got {type(o).__name__}")
 
 
 def multi_layer_block_kv_transfer(

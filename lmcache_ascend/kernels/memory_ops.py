@@ -20,10 +20,12 @@ what ``lmcache.device_ops`` callers use:
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from lmcache_ascend.kernels import host, torch_path
-from lmcache_ascend.kernels.validate import D2H, check_direction, check_int, fail
+from lmcache_ascend.kernels.validate import D2H, check_direction, check_int, check_tensor, fail
 
 _HUGE_PAGE = 2 << 20
 
@@ -96,14 +98,31 @@ def free_hugepage_pinned_numa_ptr(ptr, size=0):
 
 
 def batched_memcpy(src_ptrs, dst_ptrs, sizes):
-    src, dst, n = list(src_ptrs), list(dst_ptrs), list(sizes)
+    src, dst, n = _ints(src_ptrs, "src_ptrs"), _ints(dst_ptrs, "dst_ptrs"), _ints(sizes, "sizes")
     if not len(src) == len(dst) == len(n):
         fail(ValueError, "src_ptrs", f"has {len(src)} entries, dst_ptrs {len(dst)}, sizes {len(n)}")
     for i, (s, d, k) in enumerate(zip(src, dst, n)):
-        check_int(k, f"sizes[{i}]")
-        if k and (not s or not d):
-            fail(ValueError, "src_ptrs" if not s else "dst_ptrs", f"[{i}] is a null pointer")
-    host.batched_copy([int(s) for s in src], [int(d) for d in dst], [int(k) for k in n])
+        if k < 0:
+            fail(ValueError, f"sizes[{i}]", f"must be >= 0, got {k}")
+        for name, addr in (("src_ptrs", s), ("dst_ptrs", d)):
+            if k and addr <= 0:
+                fail(ValueError, f"{name}[{i}]", f"is an invalid address {addr} (null or negative)")
+    host.batched_copy(src, dst, n)
+
+
+def _ints(values: object, name: str) -> list[int]:
+    """A sequence of ints (Python, numpy or 0-d tensors; never bool or float)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        fail(TypeError, name, f"must be a sequence of ints, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):  # type: ignore[attr-defined]
+        try:
+            if isinstance(v, bool):
+                raise TypeError("bool")
+            out.append(operator.index(v))
+        except TypeError:
+            fail(TypeError, f"{name}[{i}]", f"must be an int, got {type(v).__name__} {v!r}")
+    return out
 
 
 def lmcache_memcpy_async(dest, src, nbytes, direction, host_buffer_offset, host_buffer_alignment):
@@ -138,10 +157,9 @@ def _copy_tensors(dest: object, src: object, nbytes: int) -> None:
     if not (isinstance(dest, torch.Tensor) and isinstance(src, torch.Tensor)):
         fail(TypeError, "dest", "and src must both be tensors or both be int pointers")
     for name, t in (("dest", dest), ("src", src)):
+        check_tensor(t, name)  # refuses meta and non-contiguous tensors
         if t.numel() * t.element_size() < nbytes:
             fail(ValueError, name, f"holds {t.numel() * t.element_size()} bytes, fewer than nbytes={nbytes}")
-        if not t.is_contiguous():
-            fail(ValueError, name, "must be contiguous")
     if nbytes:
         torch_path.byte_view(dest)[:nbytes].copy_(torch_path.byte_view(src)[:nbytes], non_blocking=True)
 

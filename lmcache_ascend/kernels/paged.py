@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -84,6 +86,7 @@ def resolve_buffers(
     name: str,
 ) -> PagedBuffers:
     """Validate ``arg`` (pointer tensor or tensors) against the expected buffers."""
+    check_block_stride(spec, geometry)
     need = buffer_count(spec, geometry)
     if isinstance(arg, torch.Tensor) and arg.dtype in (torch.int64, torch.uint64) and arg.dim() == 1:
         return _from_pointers(arg, spec, geometry, device, need, name)
@@ -110,15 +113,34 @@ def resolve_buffers(
     return PagedBuffers(spec, geometry, device, ptrs, tensors)
 
 
+def check_block_stride(spec: FormatSpec, geometry: KVGeometry) -> None:
+    """``block_stride_elems`` (0: blocks end to end) applies only to buffers with
+    the block axis outermost, and cannot be smaller than one block. Plane tuples
+    carry it as plane 0's stride; their geometry is checked by the caller."""
+    stride = geometry.block_stride_elems
+    if not stride or spec.buffers == "layer_planes":
+        return
+    if spec.axes[0] != "NB":
+        fail(ValueError, "block_stride_elems", f"is {stride}, but {spec.fmt.name} buffers do not have the block axis outermost")
+    tight = math.prod(buffer_shape(spec, geometry)[1:])
+    if stride < tight:
+        fail(ValueError, "block_stride_elems", f"{stride} is smaller than one block ({tight} elements)")
+
+
 def _from_pointers(
     ptrs: torch.Tensor, spec: FormatSpec, geometry: KVGeometry, device: torch.device, need: int, name: str
 ) -> PagedBuffers:
+    check_tensor(ptrs, name, dense=False)
     if ptrs.numel() < need:
         fail(ValueError, name, f"has {ptrs.numel()} pointers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
-    if ptrs.device.type == "cpu" and ptrs.dtype == torch.int64:
-        values = ptrs.numpy()[:need]  # zero-copy view: the table is only read
+    # uint64 tables are read as int64: an address >= 2**63 then shows up negative.
+    table = ptrs[:need].view(torch.int64)
+    if table.device.type == "cpu":
+        values = table.numpy()  # zero-copy view: the table is only read
     else:
-        values = np.array(ptrs[:need].tolist(), dtype=np.int64)
-    if not values.all():
-        fail(ValueError, name, f"holds a null pointer at index {int(np.argmin(values != 0))}")
+        values = np.array(table.tolist(), dtype=np.int64)
+    if not (values > 0).all():
+        # Neither a null nor a negative address is host or device memory.
+        bad = int(np.argmin(values > 0))
+        fail(ValueError, name, f"holds an invalid address {int(values[bad])} at index {bad} (null or negative)")
     return PagedBuffers(spec, geometry, device, values, None)

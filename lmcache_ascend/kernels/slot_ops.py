@@ -124,6 +124,10 @@ def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
         fail(ValueError, "page_buffer_size", f"is {scalars['page_buffer_size']} but the planes hold {g.num_slots} slots")
     if g.head_size != scalars["row_elems"]:
         fail(ValueError, "key_value", f"rows have {scalars['row_elems']} elements; the planes pack {g.head_size} per token")
+    # Planes differ in width, so one stride fits plane 0 only: LMCache passes that one.
+    tight = g.block_size * g.planes[0][0]
+    if scalars["block_stride_elems"] not in (0, tight):
+        fail(ValueError, "block_stride_elems", f"is {scalars['block_stride_elems']}; plane tuples take 0 or plane 0's block ({tight})")
     return g
 
 

@@ -80,9 +80,12 @@ def check_tensor(
     block_stride: int = 0,
 ) -> torch.Tensor:
     """Check kind, rank, shape, dtype, device and density (``block_stride``
-    relaxes only the outermost stride, for views into blocks-first pools)."""
+    relaxes only the outermost stride, for views into blocks-first pools).
+    Meta tensors (no storage) are refused whatever ``device`` says."""
     if not isinstance(t, torch.Tensor):
         fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type == "meta":
+        fail(ValueError, name, "is a meta tensor: it has no data to copy")
     if ndim is not None and t.dim() != ndim:
         fail(ValueError, name, f"must be {ndim}-D, got shape {list(t.shape)}")
     if shape is not None and tuple(t.shape) != tuple(shape):
@@ -92,16 +95,22 @@ def check_tensor(
     if device is not None and t.device.type != torch.device(device).type:
         fail(ValueError, name, f"is on {t.device}, expected {device}")
     if dense and not _is_dense(t, block_stride):
-        fail(ValueError, name, f"must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
+        layout = f"with blocks {block_stride} elements apart (block_stride_elems)" if block_stride else "contiguous"
+        fail(ValueError, name, f"must be {layout} (shape {list(t.shape)}, strides {list(t.stride())})")
     return t
 
 
 def _is_dense(t: torch.Tensor, block_stride: int) -> bool:
-    if t.is_contiguous():
-        return True
-    if not block_stride or t.dim() < 2:
+    """Contiguous; with ``block_stride``, blocks (axis 0) exactly that many
+    elements apart, each contiguous. A dense tensor with wider requested block
+    stride is refused: the kernels would address past its last block."""
+    if not block_stride:
+        return t.is_contiguous()
+    if t.dim() < 2:
         return False
-    return t.stride(0) == block_stride and t[0].is_contiguous()
+    if t.shape[0] == 0:
+        return True
+    return (t.shape[0] == 1 or t.stride(0) == block_stride) and t[0].is_contiguous()
 
 
 def check_slots(
