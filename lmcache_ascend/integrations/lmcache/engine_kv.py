@@ -54,6 +54,10 @@ def _flat(kvcaches: Sequence[Any]) -> list[Any]:
     return [t for layer in kvcaches for t in (layer if isinstance(layer, (list, tuple)) else (layer,))]
 
 
+def _kind(t: object) -> str:
+    return f"a meta tensor {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 class EngineKVCache:
     """Detects the engine KV layout once per distinct set of buffers."""
 
@@ -64,17 +68,29 @@ class EngineKVCache:
         self._kv: EngineKV | None = None
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
-        if not isinstance(kvcaches, (list, tuple)) or not kvcaches:
-            raise ValueError("kvcaches must be a non-empty list of per-layer KV tensors")
+        _check_structure(kvcaches)
         tensors = _flat(kvcaches)
-        key = tuple(t.data_ptr() for t in tensors)
+        # A different view of the same memory (shape, strides, dtype) is a different layout.
+        key = tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)
         if key != self._key or self._kv is None:
-            layout = detect_kv_layout(list(kvcaches), self._engine, self._hints)
+            try:
+                layout = detect_kv_layout(list(kvcaches), self._engine, self._hints)
+            except ValueError as exc:
+                raise ValueError(f"kvcaches: {exc}") from None
             device = tensors[0].device
             pointers = torch.tensor(layout.buffer_ptrs, dtype=torch.int64)
             self._kv = EngineKV(layout, pointers, device, tuple(tensors))
             self._key = key
         return self._kv
+
+
+def _check_structure(kvcaches: object) -> None:
+    """A non-empty list of per-layer tensors or tuples of tensors."""
+    if not isinstance(kvcaches, (list, tuple)) or not kvcaches:
+        raise ValueError(f"kvcaches must be a non-empty list of per-layer KV tensors, got {type(kvcaches).__name__}")
+    for i, t in enumerate(_flat(kvcaches)):
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            raise TypeError(f"kvcaches buffer {i} must be a torch.Tensor with data, got {_kind(t)}")
 
 
 class EngineKVUser:
@@ -119,6 +135,8 @@ class EngineKVUser:
         )
 
     def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
+        if "kvcaches" in kwargs:
+            _check_structure(kwargs["kvcaches"])  # before LMCache's own helper walks it
         self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
         if self.kvcaches is None:
             raise ValueError("'kvcaches' should be provided in kwargs")

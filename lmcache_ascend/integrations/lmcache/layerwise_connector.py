@@ -12,7 +12,10 @@ LMCache drives it as two generators (``LMCacheEngine.retrieve_layer`` /
     last one waits for the last layer.
 
 Required kwargs: ``kvcaches``, ``slot_mapping``, ``sync``; on load also
-``vllm_cached_tokens`` (those tokens' slots are left alone). It subclasses
+``vllm_cached_tokens`` (those tokens' slots are left alone). Chunk bounds and
+slots are checked when the generator starts, each layer's objects before the
+first of them moves (``connector_checks``): errors name the argument, and a
+refused layer leaves the engine KV as the previous layers left it. It subclasses
 upstream's ``VLLMPagedMemLayerwiseGPUConnector`` only because LMCache's engine
 checks for that class; none of its CUDA-stream code is used.
 """
@@ -26,6 +29,7 @@ import torch
 from lmcache.v1.gpu_connector.gpu_connectors import VLLMPagedMemLayerwiseGPUConnector
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
+from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.integrations.lmcache.paged_connector import require_kwarg
 from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer
@@ -65,24 +69,41 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         return tuple(entry) if isinstance(entry, (list, tuple)) else entry
 
     def _move(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
-        if obj.tensor is None:
-            raise ValueError("memory object has no tensor")
+        """Move one checked object (subclasses override this for other engines' layers)."""
         single_layer_kv_transfer(obj.tensor, self._layer(layer), slots, direction, kv.fmt, token_major=True)
+
+    def _chunks(self, kv: EngineKV, kwargs: Mapping[str, Any], starts: object, ends: object, load: bool) -> tuple[list[torch.Tensor], bool]:
+        """Every chunk's slots, checked; on load the engine's cached tokens are -1."""
+        slot_mapping = checks.slot_tensor(require_kwarg(kwargs, "slot_mapping"))
+        sync = bool(require_kwarg(kwargs, "sync"))
+        count = len(checks.sequence(starts, "starts"))
+        bounds = checks.chunk_bounds(starts, ends, count, slot_mapping.numel())
+        checks.check_chunk_slots(slot_mapping, bounds, kv.num_slots)
+        cached = checks.cached_tokens(kwargs) if load else 0
+        return [self._skip_cached(slot_mapping[lo:hi], lo, cached) for lo, hi in bounds], sync
+
+    def _layer_tensors(self, kv: EngineKV, objs: object, chunks: list[torch.Tensor], layer: int, load: bool) -> list[torch.Tensor]:
+        """The tensors of one layer's objects, all checked before any is used."""
+        name = f"memory_objs[{layer}]"
+        if not isinstance(objs, (list, tuple)) or len(objs) != len(chunks):
+            got = len(objs) if isinstance(objs, (list, tuple)) else type(objs).__name__
+            raise ValueError(f"{name}: layer {layer} expected {len(chunks)} memory objects, got {got}")
+        dtype, fmt = checks.kv_dtype(kv.tensors), self.memory_format if load else None
+        out = []
+        for i, (obj, slots) in enumerate(zip(objs, chunks)):
+            n = slots.numel()
+            shape = (n, kv.hidden_dim) if self.use_mla else (n, 2, kv.hidden_dim)
+            out.append(checks.object_tensor(obj, f"{name}[{i}]", shape, dtype, fmt))
+        return out
 
     def batched_to_gpu(self, starts: Sequence[int], ends: Sequence[int], **kwargs: Any) -> Generator[None, Any, None]:
         kv = self._engine_kv(kwargs)
-        slot_mapping = require_kwarg(kwargs, "slot_mapping")
-        sync = bool(require_kwarg(kwargs, "sync"))
-        cached = int(kwargs.get("vllm_cached_tokens", 0))
-        chunks = [self._skip_cached(slot_mapping[s:e], s, cached) for s, e in zip(starts, ends, strict=True)]
+        chunks, sync = self._chunks(kv, kwargs, starts, ends, load=True)
         for layer in range(self.num_layers):
             objs = yield
-            if objs is None or len(objs) != len(chunks):
-                raise ValueError(f"layer {layer}: expected {len(chunks)} memory objects, got {0 if objs is None else len(objs)}")
+            self._layer_tensors(kv, objs, chunks, layer, load=True)
             with self._backend.use_stream(self.load_stream):
                 for obj, slots in zip(objs, chunks):
-                    if obj.metadata.fmt != self.memory_format:
-                        raise ValueError(f"memory object is {obj.metadata.fmt}, this connector loads {self.memory_format}")
                     self._move(kv, layer, obj, slots, H2D)
             if sync:
                 self.load_stream.synchronize()
@@ -91,7 +112,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         yield
 
     @staticmethod
-    def _skip_cached(slots: Any, start: int, cached: int) -> Any:
+    def _skip_cached(slots: torch.Tensor, start: int, cached: int) -> torch.Tensor:
         """Mark the chunk's tokens the engine already computed (``< cached``) as -1."""
         skip = min(len(slots), max(0, cached - start))
         if skip == 0:
@@ -104,13 +125,17 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         self, memory_objs: Sequence[Sequence[MemoryObj]], starts: Sequence[int], ends: Sequence[int], **kwargs: Any
     ) -> Generator[None, None, None]:
         kv = self._engine_kv(kwargs)
-        slot_mapping = require_kwarg(kwargs, "slot_mapping")
-        sync = bool(require_kwarg(kwargs, "sync"))
-        chunks = [slot_mapping[s:e] for s, e in zip(starts, ends, strict=True)]
+        chunks, sync = self._chunks(kv, kwargs, starts, ends, load=False)
+        layers = checks.object_list(memory_objs)
+        if len(layers) != self.num_layers:
+            raise ValueError(f"memory_objs has {len(layers)} layers of memory objects, the model {self.num_layers}")
+        objs = [checks.object_list(layer_objs, f"memory_objs[{i}]") for i, layer_objs in enumerate(layers)]
+        for i, layer_objs in enumerate(objs):
+            self._layer_tensors(kv, layer_objs, chunks, i, load=False)
         for layer in range(self.num_layers):
             self.store_stream.wait_stream(self._backend.current_stream())
             with self._backend.use_stream(self.store_stream):
-                for obj, slots in zip(memory_objs[layer], chunks, strict=True):
+                for obj, slots in zip(objs[layer], chunks):
                     self._move(kv, layer, obj, slots, D2H)
                     obj.metadata.fmt = self.memory_format
             yield

@@ -13,6 +13,8 @@ kwargs (LMCache passes them): ``kvcaches`` (per-layer KV in model order) and
 ``slot_mapping``; on load, ``vllm_cached_tokens`` (tokens the engine already
 holds; those slots are not overwritten, as upstream's connector does).
 
+Every chunk of a call is checked (``connector_checks``) before the first copy:
+a bad argument raises ``ValueError``/``TypeError`` naming it, KV untouched.
 Every call is complete when it returns: LMCache frees or publishes the memory
 objects right after. On NPU the copies run on the connector's own streams and
 are synchronized before returning.
@@ -21,17 +23,29 @@ are synchronized before returning.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
+from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.kernels.slot_ops import multi_layer_kv_transfer
 
 H2D = 0
 D2H = 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One checked chunk: the object, its tensor, its slots, tokens to leave alone."""
+
+    obj: Any
+    tensor: torch.Tensor
+    slots: torch.Tensor
+    skip: int
 
 
 def require_kwarg(kwargs: Mapping[str, Any], name: str) -> Any:
@@ -64,11 +78,9 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
     def get_shape(self, num_tokens: int) -> torch.Size:
         return torch.Size([1 if self.use_mla else 2, self.num_layers, num_tokens, self.hidden_dim_size])
 
-    def _transfer(self, kv: EngineKV, obj: MemoryObj, slots: torch.Tensor, direction: int, skip: int) -> None:
-        if obj.tensor is None:
-            raise ValueError("memory object has no tensor")
+    def _transfer(self, kv: EngineKV, tensor: torch.Tensor, slots: torch.Tensor, direction: int, skip: int) -> None:
         multi_layer_kv_transfer(
-            obj.tensor,
+            tensor,
             kv.pointers,
             slots,
             kv.device,
@@ -80,33 +92,51 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
             skip,
         )
 
+    def _plan(self, kv: EngineKV, objs: object, starts: object, ends: object, kwargs: Mapping[str, Any], load: bool) -> list[_Job]:
+        """Check every chunk (objects, bounds, slots) before the first copy: a
+        bad one refuses the whole call and the engine KV stays as it was."""
+        slots = checks.slot_tensor(require_kwarg(kwargs, "slot_mapping"))
+        objs = checks.object_list(objs)
+        bounds = checks.chunk_bounds(starts, ends, len(objs), slots.numel())
+        checks.check_chunk_slots(slots, bounds, kv.num_slots)
+        cached = checks.cached_tokens(kwargs) if load else 0
+        kv_planes, dtype, fmt = (1 if self.use_mla else 2), checks.kv_dtype(kv.tensors), self.memory_format if load else None
+        jobs = []
+        for i, (obj, (lo, hi)) in enumerate(zip(objs, bounds)):
+            shape = (kv_planes, kv.num_layers, hi - lo, kv.hidden_dim)
+            tensor = checks.object_tensor(obj, f"memory_objs[{i}]", shape, dtype, fmt)
+            # Slots the engine computed itself may be shared with other
+            # requests: leave them alone, as upstream's connector does.
+            jobs.append(_Job(obj, tensor, slots[lo:hi], min(hi - lo, max(0, cached - lo))))
+        return jobs
+
     def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
         kv = self._engine_kv(kwargs)
-        slots = require_kwarg(kwargs, "slot_mapping")
-        if memory_obj.metadata.fmt != self.memory_format:
-            raise ValueError(f"memory object is {memory_obj.metadata.fmt}, this connector loads {self.memory_format}")
-        # Slots the engine computed itself may be shared with other requests:
-        # leave them alone, as upstream's connector does.
-        cached = int(kwargs.get("vllm_cached_tokens", 0))
-        skip = min(end - start, max(0, cached - start))
-        self._transfer(kv, memory_obj, slots[start:end], H2D, skip)
+        for job in self._plan(kv, [memory_obj], [start], [end], kwargs, load=True):
+            self._transfer(kv, job.tensor, job.slots, H2D, job.skip)
 
     def from_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
         kv = self._engine_kv(kwargs)
-        slots = require_kwarg(kwargs, "slot_mapping")
-        self._transfer(kv, memory_obj, slots[start:end], D2H, 0)
-        memory_obj.metadata.fmt = self.memory_format
+        self._store(kv, self._plan(kv, [memory_obj], [start], [end], kwargs, load=False))
+
+    def _store(self, kv: EngineKV, jobs: list[_Job]) -> None:
+        for job in jobs:
+            self._transfer(kv, job.tensor, job.slots, D2H, 0)
+            job.obj.metadata.fmt = self.memory_format
 
     def batched_to_gpu(self, memory_objs: Sequence[MemoryObj], starts: Sequence[int], ends: Sequence[int], **kwargs: Any) -> None:
+        kv = self._engine_kv(kwargs)
+        jobs = self._plan(kv, memory_objs, starts, ends, kwargs, load=True)
         with self._backend.use_stream(self.load_stream):
-            for obj, start, end in zip(memory_objs, starts, ends, strict=True):
-                self.to_gpu(obj, start, end, **kwargs)
+            for job in jobs:
+                self._transfer(kv, job.tensor, job.slots, H2D, job.skip)
         self.load_stream.synchronize()
 
     def batched_from_gpu(self, memory_objs: Sequence[MemoryObj], starts: Sequence[int], ends: Sequence[int], **kwargs: Any) -> None:
+        kv = self._engine_kv(kwargs)
+        jobs = self._plan(kv, memory_objs, starts, ends, kwargs, load=False)
         # The engine wrote this KV on its compute stream: copy after it.
         self.store_stream.wait_stream(self._backend.current_stream())
         with self._backend.use_stream(self.store_stream):
-            for obj, start, end in zip(memory_objs, starts, ends, strict=True):
-                self.from_gpu(obj, start, end, **kwargs)
+            self._store(kv, jobs)
         self.store_stream.synchronize()
