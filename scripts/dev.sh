@@ -6,6 +6,7 @@
 #   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
 #   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
 #   bash scripts/dev.sh bench-mp   # install everything, run the LMCache multi-process benchmark
+#   bash scripts/dev.sh bench-blend  # install everything, run the CacheBlend benchmark
 #   bash scripts/dev.sh setup   # only install
 #   bash scripts/dev.sh setup-deps  # only the third-party dependencies (for image layers)
 #
@@ -83,5 +84,6 @@ case "$cmd" in
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
   bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|setup} [args...]" >&2; exit 2 ;;
+  bench-blend) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|setup|setup-deps} [args...]" >&2; exit 2 ;;
 esac
