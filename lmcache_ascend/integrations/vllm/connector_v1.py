@@ -25,7 +25,21 @@ remote tiers from the LMCache config) with these differences:
   socket (otherwise libzmq may abort the worker);
 - per-step layerwise state is reset when a step's metadata is bound (vLLM may
   call ``start_load_kv`` after the forward), and a dropped save is treated as a
-  future cache miss rather than a delivery failure (``requires_kv_delivery``).
+  future cache miss rather than a delivery failure (``requires_kv_delivery``);
+- a failed load is a cache miss too: the scheduler-side connector sets vLLM's
+  ``kv_load_failure_policy`` to ``"recompute"`` (vLLM's default ``"fail"``
+  ends a request with an error when a chunk LMCache's lookup promised cannot
+  be loaded, e.g. a remote server that went away or evicted it in between).
+  vLLM's scheduler reads the policy right after constructing this connector.
+  ``kv_connector_extra_config={"lmcache_ascend.kv_load_failure_policy": "fail"}``
+  keeps ``"fail"``;
+- after each step the worker drops an ``lm://`` remote connection that failed
+  and re-creates it in the background until the server is back (LMCache's
+  ``lm://`` connector never reconnects; see ``plugin.RemoteConnectionWatch``),
+  and at shutdown remote connectors are closed with a bound first
+  (``plugin.close_remote_backends``: LMCache 0.5.6 hangs closing ``redis://``);
+- the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
+  frees its buffer instead of leaking it).
 
 The scheduler side and the worker side are both this class, in vLLM's
 scheduler and worker processes.
@@ -45,6 +59,21 @@ from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 logger = init_logger(__name__)
 
 
+FAILURE_POLICY_KEY = "lmcache_ascend.kv_load_failure_policy"
+
+
+def recompute_failed_loads(vllm_config: Any) -> str:
+    """Set vLLM's ``kv_load_failure_policy`` to "recompute" unless the extra config keeps "fail"; returns it."""
+    ktc = vllm_config.kv_transfer_config
+    wanted = (ktc.kv_connector_extra_config or {}).get(FAILURE_POLICY_KEY, "recompute")
+    if wanted not in ("recompute", "fail"):
+        raise ValueError(f"kv_connector_extra_config[{FAILURE_POLICY_KEY!r}] must be 'recompute' or 'fail', got {wanted!r}")
+    if ktc.kv_load_failure_policy != wanted:
+        logger.info("lmcache_ascend: kv_load_failure_policy=%s (a failed LMCache load is a cache miss)", wanted)
+        ktc.kv_load_failure_policy = wanted
+    return wanted
+
+
 class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     # The device connector the worker's LMCache engine gets; a flavour with
     # other tensors (MindSpore) overrides it.
@@ -53,7 +82,11 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
         registered = None
+        self._remote_watch = plugin.RemoteConnectionWatch()
+        if role == KVConnectorRole.SCHEDULER:
+            recompute_failed_loads(vllm_config)
         if role == KVConnectorRole.WORKER:
+            plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
             if str(vllm_config.device_config.device).startswith("cpu"):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
             registered = plugin.register_engine(vllm_config, config, self.make_device_connector)
@@ -79,8 +112,15 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         if self.lmcache_engine is not None:
             plugin.recover_disk_tier(self.lmcache_engine)
 
+    def wait_for_save(self) -> None:
+        super().wait_for_save()
+        if self.lmcache_engine is not None:
+            self._remote_watch.check(self.lmcache_engine)
+
     def shutdown(self) -> None:
         plugin.quiesce_offload_server(self._lmcache_engine)
+        if self.lmcache_engine is not None:
+            plugin.close_remote_backends(self.lmcache_engine)  # LMCache's own close hangs on redis://
         super().shutdown()
 
     @property

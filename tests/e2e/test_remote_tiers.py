@@ -1,0 +1,58 @@
+"""LMCache's remote tiers with real servers on loopback, shared by two vLLM engine processes.
+
+The first engine stores a prompt's chunks in the remote server; a second,
+separate engine process (nothing shared but the server) serves the same prompt
+from it: a full hit, token for token the first engine's output. The Redis case
+runs by default; ``lm://`` (LMCache's own server) is marked slow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmcache_ascend.integrations.lmcache.remote_servers import LMServer, RedisServer, redis_command
+from tests.e2e.remote_helpers import CHUNK, PROMPT_A, SessionMaker, one, session_maker, warm
+
+
+@pytest.fixture
+def make_session(model_dir: Path, tmp_path: Path) -> SessionMaker:
+    return session_maker(model_dir, tmp_path)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with RedisServer(tmp_path / "redis.log") as server:
+        yield server  # type: ignore[misc]
+
+
+def second_engine_hits_what_the_first_stored(make_session: SessionMaker, url: str) -> None:
+    with make_session(remote_url=url) as first:
+        cold = one(first, PROMPT_A)
+        assert cold["from_lmcache"] == 0
+        first.settle()
+        state = first.worker()
+        assert state["remote_put_failures"] == 0 and state["healthy"], state
+    assert first.close() == 0  # shut down cleanly (LMCache's close of redis:// alone would hang)
+
+    with make_session(remote_url=url) as second:
+        warm(second, PROMPT_A, cold)
+        state = second.settle()
+        assert state["remote_get_failures"] == 0 and state["allocator_consistent"] is not False, state
+
+
+def test_redis_second_engine_hits_what_the_first_stored(make_session: SessionMaker, redis: RedisServer) -> None:
+    second_engine_hits_what_the_first_stored(make_session, redis.url)
+    # Two keys per chunk (metadata, bytes); the second engine added none.
+    assert redis_command(redis.port, "DBSIZE") == f":{2 * (len(PROMPT_A) // CHUNK)}".encode()
+
+
+@pytest.mark.slow
+def test_lm_server_second_engine_hits_what_the_first_stored(make_session: SessionMaker, tmp_path: Path) -> None:
+    with LMServer(tmp_path / "lm.log") as server:
+        second_engine_hits_what_the_first_stored(make_session, server.url)

@@ -1,0 +1,102 @@
+"""plugin.guard_disk_writes: a disk-tier write that fails (disk full, unwritable) drops the chunk.
+
+Without it LMCache 0.5.6 leaks the chunk's CPU buffer, keeps its bytes counted
+as used and keeps the key "in progress" forever. The failure is injected with
+``OSError(ENOSPC)`` from the backend's ``write_file`` (what a full disk raises;
+a real ENOSPC/EFBIG run is ``tests/e2e/test_faults.py::test_disk_full_then_freed``).
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, make_metadata
+from tests.kernels.reference import Geom, make_paged
+
+GEOM = Geom(num_layers=2, num_blocks=64, block_size=16, num_heads=2, head_size=8)
+CHUNK = 64
+TOKENS = torch.arange(2 * CHUNK, dtype=torch.long) * 5 + 2
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
+
+    # Restore LMCache's class after the test, whatever the guard did to it.
+    monkeypatch.setattr(LocalDiskBackend, "async_save_bytes_to_disk", LocalDiskBackend.async_save_bytes_to_disk)
+    plugin.guard_disk_writes()
+    yield
+
+
+def disk_engine(engines: EngineFactory, disk: Path) -> Any:
+    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
+    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
+    return engines.build(conn, meta, local_cpu=False, max_local_cpu_size=0.01, local_disk=f"file://{disk}", max_local_disk_size=0.01)
+
+
+def active(engine: Any) -> int:
+    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
+    inner = getattr(allocator, "pin_allocator", allocator)
+    return int(getattr(inner, "allocator", inner).num_active_allocations)
+
+
+def settle(engine: Any, disk: Any) -> None:
+    pause = threading.Event()
+    for _ in range(200):
+        if active(engine) == 0 and not disk.disk_worker.put_tasks:
+            return
+        pause.wait(0.05)
+    raise AssertionError(f"disk writes never settled: {active(engine)} buffers held, {len(disk.disk_worker.put_tasks)} puts in flight")
+
+
+def store(engine: Any) -> None:
+    cache = make_paged(ASCEND_KV_TUPLES.fmt, GEOM, KV_DTYPE, torch.Generator().manual_seed(5))
+    engine.store(TOKENS, kvcaches=cache.data, slot_mapping=torch.arange(len(TOKENS)))
+
+
+def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: None, engines: EngineFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = disk_engine(engines, tmp_path)
+    disk = engine.storage_manager.storage_backends["LocalDiskBackend"]
+
+    def full(buffer: Any, path: str) -> None:
+        Path(path).write_bytes(b"partial")  # a full disk may leave a truncated file behind
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk, "write_file", full)
+    store(engine)
+    settle(engine, disk)
+    assert engine.lookup(TOKENS) == 0
+    assert disk.usage == 0 and disk.current_cache_size == 0
+    assert not list(tmp_path.iterdir())  # no partial file left to be re-indexed
+
+    monkeypatch.undo()  # the disk has room again (also removes the guard; it ran already)
+    store(engine)
+    settle(engine, disk)
+    assert engine.lookup(TOKENS) == len(TOKENS)  # the same chunks are stored this time
+
+
+def test_guard_is_idempotent(guarded: None) -> None:
+    assert plugin.guard_disk_writes() is False
+
+
+def test_lmcache_disk_write_still_needs_the_guard() -> None:
+    """Pins upstream: if this fails, LMCache now handles a failed write itself;
+    drop ``plugin.guard_disk_writes`` (or re-check what it undoes)."""
+    from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
+
+    method = LocalDiskBackend.async_save_bytes_to_disk
+    source = inspect.getsource(getattr(method, "__wrapped__", method))
+    assert "try:" not in source.split("self.write_file(buffer, path)")[0]
+    write, release = source.index("self.write_file(buffer, path)"), source.index("memory_obj.ref_count_down()")
+    assert write < release  # a raise from write_file skips the release
+    assert list(inspect.signature(method).parameters) == ["self", "key", "memory_obj", "on_complete_callback"]
