@@ -221,13 +221,13 @@ def settled_allocations(engine: Any, kept: int) -> int:
     return int(allocator.num_active_allocations)
 
 
-def check_run(run: LoadRun, engine: Any) -> None:
+def check_run(run: LoadRun, engine: Any, need_hits: bool = True) -> None:
     tally = run.tally
     assert not tally.errors, "\n".join(tally.errors[:10])
     assert tally.requests == REQUESTS
     assert tally.max_in_flight >= IN_FLIGHT
     assert tally.in_flight == 0
-    assert tally.chunks_hit > 0, "prefix sharing never produced a hit"
+    assert tally.chunks_hit > 0 or not need_hits, "prefix sharing never produced a hit"
     kept = len(engine.storage_manager.storage_backends["LocalCPUBackend"].hot_cache)  # 0 when local_cpu=False
     assert settled_allocations(engine, kept) == kept, "memory objects outlived their request"
     engine.clear()
@@ -268,13 +268,20 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server  # type: ignore[misc]
 
 
-def test_many_concurrent_requests_through_redis(engines: EngineFactory, redis: RedisServer) -> None:
+def test_many_concurrent_requests_through_redis(redis: RedisServer, engines: EngineFactory) -> None:
     # local_cpu=False: the CPU tier only lends buffers, so every hit is a Redis
     # get. The pool (16 MiB) holds every in-flight chunk plus pending puts:
     # LMCache 0.5.6's Redis get allocates its buffer on the event-loop thread
     # and waits there for memory, while the threads holding that memory wait on
     # the same loop (a deadlock under memory pressure; see docs/reliability.md).
     engine = build_engine(engines, local_cpu=False, max_local_cpu_size=0.016, remote_url=redis.url, remote_serde="naive")
-    run = LoadRun(engine, fresh_cache(), seed=2)
-    run.run(run.paths(REQUESTS))
-    check_run(run, engine)
+    first = LoadRun(engine, fresh_cache(), seed=2)
+    paths = first.paths(REQUESTS)
+    first.run(paths)
+    check_run(first, engine, need_hits=False)  # puts are asynchronous: early hits depend on timing
+    # Every put has finished (check_run waited for the buffers): the same
+    # requests again must now load every chunk from Redis.
+    second = LoadRun(engine, fresh_cache(), seed=3)
+    second.run(paths)
+    check_run(second, engine)
+    assert second.tally.chunks_hit == second.tally.chunks_checked

@@ -64,7 +64,7 @@ def store(engine: Any) -> None:
     engine.store(TOKENS, kvcaches=cache.data, slot_mapping=torch.arange(len(TOKENS)))
 
 
-def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: None, engines: EngineFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: None, engines: EngineFactory, tmp_path: Path) -> None:
     engine = disk_engine(engines, tmp_path)
     disk = engine.storage_manager.storage_backends["LocalDiskBackend"]
 
@@ -72,15 +72,16 @@ def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: 
         Path(path).write_bytes(b"partial")  # a full disk may leave a truncated file behind
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(disk, "write_file", full)
-    store(engine)
-    settle(engine, disk)
+    # Its own MonkeyPatch: undoing the shared one would also undo the fixtures'.
+    with pytest.MonkeyPatch.context() as disk_full:
+        disk_full.setattr(disk, "write_file", full)
+        store(engine)
+        settle(engine, disk)
     assert engine.lookup(TOKENS) == 0
     assert disk.usage == 0 and disk.current_cache_size == 0
     assert not list(tmp_path.iterdir())  # no partial file left to be re-indexed
 
-    monkeypatch.undo()  # the disk has room again (also removes the guard; it ran already)
-    store(engine)
+    store(engine)  # the disk has room again
     settle(engine, disk)
     assert engine.lookup(TOKENS) == len(TOKENS)  # the same chunks are stored this time
 
