@@ -93,4 +93,12 @@ def object_tensor(obj: object, name: str, shape: Sequence[int], dtype: torch.dty
 
 
 def kv_dtype(tensors: Sequence[Any]) -> torch.dtype:
-    return tensors[0].dtype
+    """The torch dtype of the engine KV (MindSpore KV too: memory objects are torch tensors)."""
+    dtype = tensors[0].dtype
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    # MindSpore names its dtypes as torch does, capitalised (BFloat16, Float16).
+    mapped = getattr(torch, str(dtype).lower(), None)
+    if not isinstance(mapped, torch.dtype):
+        fail(TypeError, "kvcaches", f"has dtype {dtype}, which has no torch counterpart")
+    return mapped

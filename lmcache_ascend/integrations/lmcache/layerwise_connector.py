@@ -91,7 +91,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         dtype, fmt = checks.kv_dtype(kv.tensors), self.memory_format if load else None
         out = []
         for i, (obj, slots) in enumerate(zip(objs, chunks)):
-            n = slots.numel()
+            n = len(slots)  # torch, numpy (MindSpore adapter) or MindSpore slots: all 1-D
             shape = (n, kv.hidden_dim) if self.use_mla else (n, 2, kv.hidden_dim)
             out.append(checks.object_tensor(obj, f"{name}[{i}]", shape, dtype, fmt))
         return out

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from lmcache.v1.memory_management import MemoryObj
 
 from lmcache_ascend.core.devices import MindSporeBackend
@@ -85,10 +87,9 @@ class MindSporeKVUser(EngineKVUser):
 class MindSporePagedConnector(MindSporeKVUser, PagedKVConnector):
     """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects."""
 
-    def _transfer(self, kv: MindSporeKV, obj: MemoryObj, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
-        if obj.tensor is None:
-            raise ValueError("memory object has no tensor")
-        transfer.multi_layer(kv, obj.tensor, slots, direction, skip)
+    def _transfer(self, kv: MindSporeKV, tensor: torch.Tensor, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
+        # ``tensor`` is the memory object's, already checked against ``kv`` (connector_checks).
+        transfer.multi_layer(kv, tensor, slots, direction, skip)
 
 
 class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
