@@ -60,6 +60,46 @@ class KVCacheLayout:
         return [b.ptr for b in self.buffers]
 
 
+class LayoutFacts:
+    """Shortcuts to the detected layout of a class holding ``layout`` (the
+    engine-KV descriptions of the torch and MindSpore connectors)."""
+
+    layout: KVCacheLayout
+
+    @property
+    def fmt(self) -> KVFormat:
+        return self.layout.fmt
+
+    @property
+    def use_mla(self) -> bool:
+        return format_spec(self.layout.fmt).mla
+
+    @property
+    def num_layers(self) -> int:
+        return self.layout.geometry.num_layers
+
+    @property
+    def num_slots(self) -> int:
+        return self.layout.geometry.num_slots
+
+    @property
+    def block_size(self) -> int:
+        return self.layout.geometry.block_size
+
+    @property
+    def head_size(self) -> int:
+        return self.layout.geometry.head_size
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.layout.hidden_dim
+
+    @property
+    def dtype(self) -> str:
+        """Canonical dtype name of the first buffer (torch's spelling, whatever the framework)."""
+        return self.layout.dtype
+
+
 def physical_view(d: TensorDesc) -> TensorDesc:
     """Reorder axes so strides decrease, when that makes ``d`` dense."""
     if d.is_contiguous or d.ndim < 2:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lmcache_ascend.core.detection import LayoutFacts
 from lmcache_ascend.kernels.validate import check_slots, check_tensor, fail
 
 Bounds = list[tuple[int, int]]
@@ -92,13 +93,6 @@ def object_tensor(obj: object, name: str, shape: Sequence[int], dtype: torch.dty
     return tensor
 
 
-def kv_dtype(tensors: Sequence[Any]) -> torch.dtype:
-    """The torch dtype of the engine KV (MindSpore KV too: memory objects are torch tensors)."""
-    dtype = tensors[0].dtype
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    # MindSpore names its dtypes as torch does, capitalised (BFloat16, Float16).
-    mapped = getattr(torch, str(dtype).lower(), None)
-    if not isinstance(mapped, torch.dtype):
-        fail(TypeError, "kvcaches", f"has dtype {dtype}, which has no torch counterpart")
-    return mapped
+def kv_dtype(kv: LayoutFacts) -> torch.dtype:
+    """The torch dtype of the engine KV's first buffer (MindSpore KV too: memory objects are torch tensors)."""
+    return getattr(torch, kv.dtype)

@@ -14,40 +14,15 @@ from typing import Any
 
 import torch
 
-from lmcache_ascend.core.detection import KVCacheLayout, detect_kv_layout
-from lmcache_ascend.core.kv_format import KVFormat
+from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
 
 
 @dataclass(frozen=True)
-class EngineKV:
+class EngineKV(LayoutFacts):
     layout: KVCacheLayout
     pointers: torch.Tensor  # int64 base addresses, pointer-table order, on the host
     device: torch.device
     tensors: tuple[Any, ...]  # the engine's tensors, kept referenced while in use
-
-    @property
-    def fmt(self) -> KVFormat:
-        return self.layout.fmt
-
-    @property
-    def num_layers(self) -> int:
-        return self.layout.geometry.num_layers
-
-    @property
-    def num_slots(self) -> int:
-        return self.layout.geometry.num_slots
-
-    @property
-    def block_size(self) -> int:
-        return self.layout.geometry.block_size
-
-    @property
-    def head_size(self) -> int:
-        return self.layout.geometry.head_size
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.layout.hidden_dim
 
 
 def _flat(kvcaches: Sequence[Any]) -> list[Any]:
@@ -68,7 +43,7 @@ class EngineKVCache:
         self._kv: EngineKV | None = None
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
-        _check_structure(kvcaches)
+        """``kvcaches`` has passed :func:`_check_structure` (``EngineKVUser._engine_kv``)."""
         tensors = _flat(kvcaches)
         # A different view of the same memory (shape, strides, dtype) is a different layout.
         key = tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)

@@ -88,7 +88,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         if not isinstance(objs, (list, tuple)) or len(objs) != len(chunks):
             got = len(objs) if isinstance(objs, (list, tuple)) else type(objs).__name__
             raise ValueError(f"{name}: layer {layer} expected {len(chunks)} memory objects, got {got}")
-        dtype, fmt = checks.kv_dtype(kv.tensors), self.memory_format if load else None
+        dtype, fmt = checks.kv_dtype(kv), self.memory_format if load else None
         out = []
         for i, (obj, slots) in enumerate(zip(objs, chunks)):
             n = len(slots)  # torch, numpy (MindSpore adapter) or MindSpore slots: all 1-D

@@ -100,7 +100,7 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
         bounds = checks.chunk_bounds(starts, ends, len(objs), slots.numel())
         checks.check_chunk_slots(slots, bounds, kv.num_slots)
         cached = checks.cached_tokens(kwargs) if load else 0
-        kv_planes, dtype, fmt = (1 if self.use_mla else 2), checks.kv_dtype(kv.tensors), self.memory_format if load else None
+        kv_planes, dtype, fmt = (1 if self.use_mla else 2), checks.kv_dtype(kv), self.memory_format if load else None
         jobs = []
         for i, (obj, (lo, hi)) in enumerate(zip(objs, bounds)):
             shape = (kv_planes, kv.num_layers, hi - lo, kv.hidden_dim)

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from lmcache_ascend.core.detection import KVCacheLayout, detect_kv_layout
-from lmcache_ascend.core.kv_format import KVFormat, format_spec
+from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
+from lmcache_ascend.core.kv_format import KVFormat
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 
 KV_FORMATS = (KVFormat.NL_X_TWO_X_NB_BS_NH_HS, KVFormat.NL_X_NB_BS_HS)
@@ -43,44 +43,12 @@ def synchronize() -> None:
 
 
 @dataclass(frozen=True)
-class MindSporeKV:
+class MindSporeKV(LayoutFacts):
     """One engine's KV: detected layout and its buffers' base addresses."""
 
     layout: KVCacheLayout
     ptrs: np.ndarray  # int64, pointer-table order (K0, V0, K1, V1, ... or one per layer)
     tensors: tuple[Any, ...]  # the engine's tensors, kept referenced while in use
-
-    @property
-    def fmt(self) -> KVFormat:
-        return self.layout.fmt
-
-    @property
-    def use_mla(self) -> bool:
-        return format_spec(self.layout.fmt).mla
-
-    @property
-    def num_layers(self) -> int:
-        return self.layout.geometry.num_layers
-
-    @property
-    def num_slots(self) -> int:
-        return self.layout.geometry.num_slots
-
-    @property
-    def block_size(self) -> int:
-        return self.layout.geometry.block_size
-
-    @property
-    def head_size(self) -> int:
-        return self.layout.geometry.head_size
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.layout.hidden_dim
-
-    @property
-    def dtype(self) -> str:
-        return self.layout.dtype
 
     def layer_ptrs(self, layer: int) -> np.ndarray:
         """Pointer table of one layer (``[K, V]`` or ``[latent]``)."""
