@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,3 +44,14 @@ def gen() -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(20261123)
     return g
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Any]:
+    """Debian's redis-server on a free loopback port (``.url``), stopped afterwards; skips without it."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
+
+    with RedisServer(tmp_path / "redis.log") as server:
+        yield server

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmcache_ascend.tools.tiny_model import build
+from tests.e2e.remote_helpers import SessionMaker, session_maker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,3 +33,8 @@ def run_vllm(tmp_path: Path) -> Callable[..., list[dict]]:
         return run_engine(dict(options), rpc_dir=tmp_path)
 
     return run
+
+
+@pytest.fixture
+def make_session(model_dir: Path, tmp_path: Path) -> SessionMaker:
+    return session_maker(model_dir, tmp_path)

@@ -17,30 +17,15 @@ double-counted), and once the fault is gone later requests hit again. Every wait
 
 from __future__ import annotations
 
-import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
-from tests.e2e.remote_helpers import CHUNK, FULL_HIT, PROMPT_A, PROMPT_B, PROMPT_C, SessionMaker, one, session_maker, until_hit, warm
+from tests.e2e.remote_helpers import CHUNK, FULL_HIT, PROMPT_A, PROMPT_B, PROMPT_C, SessionMaker, one, until_hit, warm
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def make_session(model_dir: Path, tmp_path: Path) -> SessionMaker:
-    return session_maker(model_dir, tmp_path)
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with RedisServer(tmp_path / "redis.log") as server:
-        yield server  # type: ignore[misc]
 
 
 def batch_with_a_kill(session, prompt: list[int], proxy: FaultProxy, kill) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -8,27 +8,12 @@ runs by default; ``lm://`` (LMCache's own server) is marked slow.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lmcache_ascend.integrations.lmcache.remote_servers import LMServer, RedisServer, redis_command
-from tests.e2e.remote_helpers import CHUNK, PROMPT_A, SessionMaker, one, session_maker, warm
-
-
-@pytest.fixture
-def make_session(model_dir: Path, tmp_path: Path) -> SessionMaker:
-    return session_maker(model_dir, tmp_path)
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with RedisServer(tmp_path / "redis.log") as server:
-        yield server  # type: ignore[misc]
+from tests.e2e.remote_helpers import CHUNK, PROMPT_A, SessionMaker, one, warm
 
 
 def second_engine_hits_what_the_first_stored(make_session: SessionMaker, url: str) -> None:

@@ -21,19 +21,14 @@ Redis variant sends every chunk through a real ``redis-server`` as well.
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
-from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, make_metadata, object_shape
@@ -236,45 +231,22 @@ def check_run(run: LoadRun, engine: Any, need_hits: bool = True) -> None:
     assert allocator.total_allocated_size == 0
 
 
-@pytest.fixture
-def engines(isolated_builder: None) -> Iterator[EngineFactory]:
-    """Like the shared fixture, but remote connectors are closed first with a bound
-    (``plugin.close_remote_backends``: LMCache 0.5.6's own close hangs on redis://)."""
-    from lmcache.v1.cache_engine import LMCacheEngineBuilder
-
-    factory = EngineFactory()
-    yield factory
-    for name in list(factory.created):
-        engine = LMCacheEngineBuilder.get(name)
-        if engine is not None:
-            plugin.close_remote_backends(engine, timeout_s=10.0)
-        factory.destroy(name)
-
-
-def test_many_concurrent_requests_local_cpu(engines: EngineFactory) -> None:
+def test_many_concurrent_requests_local_cpu(remote_engines: EngineFactory) -> None:
     # ~0.6 MiB of chunk space: far fewer chunks than the run stores, so LRU
     # eviction runs while other threads look up and load.
-    engine = build_engine(engines, max_local_cpu_size=0.0006)
+    engine = build_engine(remote_engines, max_local_cpu_size=0.0006)
     run = LoadRun(engine, fresh_cache(), seed=1)
     run.run(run.paths(REQUESTS))
     check_run(run, engine)
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with RedisServer(tmp_path / "redis.log") as server:
-        yield server  # type: ignore[misc]
-
-
-def test_many_concurrent_requests_through_redis(redis: RedisServer, engines: EngineFactory) -> None:
+def test_many_concurrent_requests_through_redis(redis: RedisServer, remote_engines: EngineFactory) -> None:
     # local_cpu=False: the CPU tier only lends buffers, so every hit is a Redis
     # get. The pool (16 MiB) holds every in-flight chunk plus pending puts:
     # LMCache 0.5.6's Redis get allocates its buffer on the event-loop thread
     # and waits there for memory, while the threads holding that memory wait on
     # the same loop (a deadlock under memory pressure; see docs/reliability.md).
-    engine = build_engine(engines, local_cpu=False, max_local_cpu_size=0.016, remote_url=redis.url, remote_serde="naive")
+    engine = build_engine(remote_engines, local_cpu=False, max_local_cpu_size=0.016, remote_url=redis.url, remote_serde="naive")
     first = LoadRun(engine, fresh_cache(), seed=2)
     paths = first.paths(REQUESTS)
     first.run(paths)

@@ -39,14 +39,6 @@ TOKENS = torch.arange(2 * CHUNK, dtype=torch.long) * 3 + 1
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with RedisServer(tmp_path / "redis.log") as server:
-        yield server  # type: ignore[misc]
-
-
-@pytest.fixture
 def lm_server(tmp_path: Path) -> Iterator[LMServer]:
     with LMServer(tmp_path / "lm.log") as server:
         yield server  # type: ignore[misc]
@@ -152,20 +144,6 @@ def test_proxy_refuses_a_negative_delay(redis: RedisServer) -> None:
 
 
 # ---------------------------------------------------------------- plugin helpers on real engines
-
-
-@pytest.fixture
-def remote_engines(isolated_builder: None) -> Iterator[EngineFactory]:
-    """Engines whose remote connectors are closed (bounded) before LMCache closes them."""
-    from lmcache.v1.cache_engine import LMCacheEngineBuilder
-
-    factory = EngineFactory()
-    yield factory
-    for name in list(factory.created):
-        engine = LMCacheEngineBuilder.get(name)
-        if engine is not None:
-            plugin.close_remote_backends(engine, timeout_s=10.0)
-        factory.destroy(name)
 
 
 def remote_engine(engines: EngineFactory, url: str) -> Any:
