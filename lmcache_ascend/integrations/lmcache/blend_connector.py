@@ -19,10 +19,13 @@ and segment the memory object is ``KV_2TD`` ``[2, T, H]``; it carries
     for the blender to complete in place. At the next step layer ``i - 1`` goes
     from the buffer to the paged cache, except the ``vllm_cached_tokens`` rows.
 
-Formats: every per-layer format whose tokens can be addressed one by one.
-vLLM CPU's format 12 cannot: vLLM CPU packs K (and on AMX CPUs V) inside each
-block (see docs/blend.md), so it is refused, as are MLA caches (upstream
-CacheBlend refuses MLA too).
+Formats: every per-layer format whose tokens can be addressed one by one,
+through lmcache_ascend's ``single_layer_kv_transfer``. vLLM CPU's format 12
+packs K inside each block; on the ISAs whose packing is known (``vec``,
+``vec16``) tokens are moved through strided views instead
+(:mod:`lmcache_ascend.integrations.vllm.cpu_kv_layout`, checked against vLLM's
+own writer), other ISAs (AMX tiles) are refused. MLA caches are refused
+(upstream CacheBlend refuses MLA too).
 """
 
 from __future__ import annotations
@@ -96,14 +99,25 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
 
     def _blend_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
         kv = self._engine_kv(kwargs)
-        if kv.fmt in PACKED_FORMATS:
-            raise ValueError(
-                f"kvcaches: {kv.fmt.name} (vLLM CPU) packs K inside each block; CacheBlend needs "
-                "per-token KV access (see docs/blend.md)"
-            )
         if kv.hidden_dim != self.hidden_dim_size:
             raise ValueError(f"kvcaches hold {kv.hidden_dim} values per token, LMCache metadata {self.hidden_dim_size}")
+        if kv.fmt in PACKED_FORMATS:
+            from lmcache_ascend.integrations.vllm.cpu_kv_layout import token_views
+
+            token_views(self._layer(0))  # refuses an ISA whose packing is unknown, before any copy
         return kv
+
+    def _move(self, rows: torch.Tensor, layer: int, slots: torch.Tensor, direction: int, kv: EngineKV) -> None:
+        """``rows[2, n, H]`` to (H2D) or from (D2H) the paged cache of ``layer`` at ``slots`` (< 0 skipped)."""
+        if kv.fmt in PACKED_FORMATS:
+            from lmcache_ascend.integrations.vllm.cpu_kv_layout import gather_rows, scatter_rows
+
+            if direction == H2D:
+                scatter_rows(rows, self._layer(layer), slots)
+            else:
+                gather_rows(self._layer(layer), slots, rows)
+            return
+        single_layer_kv_transfer(rows, self._layer(layer), slots, direction, kv.fmt, token_major=False)
 
     def _layer(self, layer: int) -> Any:
         entry = self.kvcaches[layer]  # type: ignore[index]
@@ -124,7 +138,7 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
         for layer in range(self.num_layers):
             self.store_stream.wait_stream(self._backend.current_stream())
             with self._backend.use_stream(self.store_stream):
-                single_layer_kv_transfer(staging, self._layer(layer), slots, D2H, kv.fmt, token_major=False)
+                self._move(staging, layer, slots, D2H, kv)
                 for obj, (s, e), a, b in zip(memory_objs[layer], bounds, offsets[:-1], offsets[1:], strict=True):
                     if obj.tensor is None:
                         raise ValueError("memory object has no tensor")
@@ -159,7 +173,7 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
         for step in range(self.num_layers + 2):
             if step > 1:
                 done = self.buffer_mapping.pop(step - 2)
-                single_layer_kv_transfer(done, self._layer(step - 2), write_slots, H2D, kv.fmt, token_major=False)
+                self._move(done, step - 2, write_slots, H2D, kv)
             if 0 < step <= self.num_layers:
                 self._finish_layer(kv, step - 1, buffers[(step - 1) % 2], bounds, old_positions, gaps, slot_mapping[:fixed])
             if step < self.num_layers:
@@ -205,6 +219,6 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
             buf[:, gaps] = 0
         if fixed_slots.numel():
             engine_rows = torch.empty(tuple(self.get_shape(fixed_slots.numel())), dtype=self.dtype, device=buf.device)
-            single_layer_kv_transfer(engine_rows, self._layer(layer), fixed_slots, D2H, kv.fmt, token_major=False)
+            self._move(engine_rows, layer, fixed_slots, D2H, kv)
             buf[:, : fixed_slots.numel()] = engine_rows
         self.buffer_mapping[layer] = buf

@@ -6,7 +6,8 @@ blender drive it, on vLLM flash (format 1) and vllm-ascend (K, V) tuples (16):
   (bit-equal to LMCache's torch baseline), V as stored, gaps zero, the engine's own
   rows for ``vllm_cached_tokens``; what the blender writes there reaches the paged
   cache, except the engine's rows;
-- refused: vLLM CPU's packed format 12, MLA, loads without a rotator or positions.
+- refused: MLA, loads without a rotator or positions (vLLM CPU's packed format 12:
+  tests/integrations/vllm/test_blend_cpu_kv.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from lmcache_ascend.blend.rope import KeyRotator, cos_sin_table
 from lmcache_ascend.integrations.lmcache.blend_connector import BlendBufferConnector
 from tests.integrations.lmcache.conftest import (
     ASCEND_KV_TUPLES,
-    CPU_HND,
     FLASH_NHD,
     CacheMaker,
     EngineLayout,
@@ -133,16 +133,6 @@ def test_load_rerotates_zeroes_gaps_and_writes_back(
         assert torch.all(got[0, layer, 20:30] == layer + 1)
         assert not got[:, layer, 50:60].any()
         assert torch.equal(got[:, layer, :fixed], engine_rows[:, layer])
-
-
-def test_packed_vllm_cpu_format_is_refused(make_cache: CacheMaker, pool: ObjectPool, gen: torch.Generator) -> None:
-    cache = make_cache(CPU_HND, GEOM)
-    slots = random_slots(NUM_TOKENS, GEOM.num_slots, gen)
-    conn = connector(CPU_HND)
-    with pytest.raises(ValueError, match="^kvcaches: .*packs K"):
-        next(conn.batched_to_gpu([0], [10], **kwargs_for(cache, slots)))
-    with pytest.raises(ValueError, match="^kvcaches: .*packs K"):
-        next(conn.batched_from_gpu(new_objects(pool, conn), [0], [10], **kwargs_for(cache, slots)))
 
 
 def test_mla_is_refused() -> None:
