@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lmcache_ascend.blend.forward import BlendForward
-from lmcache_ascend.blend.model import HFLlamaLayers
+from lmcache_ascend.blend.model import LayerModel
 from lmcache_ascend.blend.plan import BlendPlan, make_plan
 from lmcache_ascend.blend.retrieve import retrieve_segments
 from lmcache_ascend.blend.segments import SegmentLookup, lookup_segments
@@ -64,13 +64,13 @@ class BlendResult:
 
 class SegmentBlender:
     def __init__(
-        self, engine: Any, model: HFLlamaLayers, settings: BlendSettings | None = None, max_positions: int | None = None
+        self, engine: Any, model: LayerModel, settings: BlendSettings | None = None, max_positions: int | None = None
     ) -> None:
         connector = engine.gpu_connector
         if not isinstance(connector, BlendBufferConnector):
             raise TypeError(f"engine: its device connector must be a BlendBufferConnector, got {type(connector).__name__}")
-        if not isinstance(model, HFLlamaLayers):
-            raise TypeError(f"model must be an HFLlamaLayers, got {type(model).__name__}")
+        if not isinstance(model, LayerModel):
+            raise TypeError(f"model must be a LayerModel (HFLlamaLayers, VLLMLlamaLayers), got {type(model).__name__}")
         settings = settings if settings is not None else BlendSettings.from_lmcache_config(engine.config)
         settings.check_model(model.num_layers)
         if engine.num_layers != model.num_layers or connector.hidden_dim_size != model.kv_row:
@@ -78,7 +78,7 @@ class SegmentBlender:
                 f"model: {model.num_layers} layers x {model.kv_row} KV values per token, LMCache engine "
                 f"{engine.num_layers} x {connector.hidden_dim_size}"
             )
-        positions = max_positions if max_positions is not None else int(model.model.config.max_position_embeddings)
+        positions = max_positions if max_positions is not None else model.max_positions
         connector.rotator = model.rotator(positions)
         self.engine = engine
         self.connector = connector

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from lmcache_ascend.blend.model import HFLlamaLayers
+from lmcache_ascend.blend.model import LayerModel
 from lmcache_ascend.blend.plan import BlendPlan
 
 
 class BlendForward:
-    def __init__(self, model: HFLlamaLayers, plan: BlendPlan, tokens: torch.Tensor) -> None:
+    def __init__(self, model: LayerModel, plan: BlendPlan, tokens: torch.Tensor) -> None:
         if tokens.dim() != 1 or tokens.numel() != plan.num_tokens:
             raise ValueError(f"tokens must be 1-D with {plan.num_tokens} entries, got shape {tuple(tokens.shape)}")
         self.model = model
@@ -33,7 +33,6 @@ class BlendForward:
         self.rows = torch.arange(plan.num_tokens, device=model.device)
         self.selected: torch.Tensor | None = None
         self.hidden = model.embed(tokens)
-        self.cos, self.sin = model.rope(self.hidden, self.rows)
 
     def run_layer(self, layer: int, k_rows: torch.Tensor, v_rows: torch.Tensor) -> None:
         """Compute ``layer`` for the current rows, completing ``k_rows`` / ``v_rows`` in place."""
@@ -44,7 +43,7 @@ class BlendForward:
         if k_rows.dtype != m.dtype:
             raise TypeError(f"layer {layer}: KV dtype {k_rows.dtype} differs from the model's {m.dtype}")
         residual = self.hidden
-        q, k, v = m.project(layer, m.attention_input(layer, residual), self.cos, self.sin)
+        q, k, v = m.project(layer, m.attention_input(layer, residual), self.rows)
         if layer == self.plan.check_layer and self.selected is None:
             fresh = _as_rows(k).float()
             deviation = (fresh - k_rows.to(fresh.device).float()).pow(2).sum(dim=-1)
@@ -52,7 +51,6 @@ class BlendForward:
             if keep.numel() < num_tokens:  # all kept: leave the tensors exactly as they are
                 q, k, v = q[:, :, keep], k[:, :, keep], v[:, :, keep]
                 residual = residual[:, keep]
-                self.cos, self.sin = self.cos[:, keep], self.sin[:, keep]
             self.rows = self.selected = keep
         k_rows[self.rows.to(k_rows.device)] = _as_rows(k).to(k_rows.device)
         v_rows[self.rows.to(v_rows.device)] = _as_rows(v).to(v_rows.device)

@@ -1,4 +1,10 @@
-"""Layer-by-layer access to a transformers Llama-style causal LM, for the blender.
+"""Layer-by-layer access to a Llama-style causal LM, for the blender.
+
+:class:`LayerModel` is what the blended forward needs of a model: the steps of
+one decoder layer separately, on transformers' tensor layout (hidden
+``[1, n, D]``, Q ``[1, Hq, n, d]``, K/V ``[1, Hkv, n, d]``), positions given
+per call. Two implementations: :class:`HFLlamaLayers` (transformers, here) and
+``blend.vllm_model.VLLMLlamaLayers`` (a model loaded by vLLM).
 
 :class:`HFLlamaLayers` exposes the steps of one decoder layer separately
 (attention input norm, Q/K/V projection with RoPE, attention of some query rows
@@ -16,11 +22,44 @@ K/V ``[1, Hkv, n, d]``. Supported: Llama-style layers (``q_proj``, ``k_proj``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from lmcache_ascend.blend.rope import KeyRotator, cos_sin_table
+
+
+@runtime_checkable
+class LayerModel(Protocol):
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def kv_row(self) -> int: ...
+
+    @property
+    def max_positions(self) -> int: ...
+
+    def rotator(self, max_positions: int) -> KeyRotator: ...
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def attention_input(self, layer: int, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def project(
+        self, layer: int, normed: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def attend(
+        self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def finish(self, layer: int, residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor: ...
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 class HFLlamaLayers:
@@ -53,6 +92,10 @@ class HFLlamaLayers:
         """Values per token in one layer's K (or V): ``num_kv_heads * head_dim``."""
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def max_positions(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
     def rotator(self, max_positions: int) -> KeyRotator:
         emb = self._inner.rotary_emb
         table = cos_sin_table(emb.inv_freq, max_positions, float(emb.attention_scaling))
@@ -61,16 +104,15 @@ class HFLlamaLayers:
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._inner.embed_tokens(tokens.to(self.device)[None, :])
 
-    def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin`` ``[1, n, d]`` for ``positions`` (as the model computes them once per forward)."""
-        return self._inner.rotary_emb(hidden, positions[None, :])
-
     def attention_input(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         return self._inner.layers[layer].input_layernorm(hidden)
 
     def project(
-        self, layer: int, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, layer: int, normed: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # cos/sin of a position do not depend on the other positions (one product per
+        # element), so computing them per layer gives the bits of transformers' once-per-forward.
+        cos, sin = self._inner.rotary_emb(normed, positions[None, :])
         attn = self._inner.layers[layer].self_attn
         shape = (*normed.shape[:-1], -1, self.head_dim)
         q = attn.q_proj(normed).view(shape).transpose(1, 2)

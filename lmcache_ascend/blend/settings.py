@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HOLE_MODE_KEY = "blend_hole_mode"
+SPECIAL_STR = " # # "  # LMCache's default blend_special_str
 DEFAULT_RATIO = 0.15
 DEFAULT_CHECK_LAYER = 1
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmcache_ascend.blend.settings import SPECIAL_STR
 from lmcache_ascend.tools.tiny_model import prompt_token_ids
 
-SPECIAL_STR = " # # "  # LMCache's default blend_special_str
+__all__ = ["SPECIAL_STR", "MultiDocWorkload", "separator_tokens"]
 
 
 def separator_tokens(tokenizer: object, special_str: str = SPECIAL_STR) -> list[int]:

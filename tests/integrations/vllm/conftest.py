@@ -4,6 +4,7 @@
   IPC sockets the lookup path uses.
 - ``tiny_model_dir``: the local random Llama (``lmcache_ascend.tools.tiny_model``).
 - ``distributed``: vLLM's distributed state (gloo, world size 1), once per session.
+- ``vllm_llama``: the tiny model loaded by vLLM's own loader (float32), once per session.
 - ``lmcache_env``: LMCache settings as ``LMCACHE_*`` variables with LMCache's
   per-process config singleton reset, so each test reads its own settings;
   it checks that no engine is left registered before and after the test.
@@ -87,6 +88,18 @@ def distributed(vllm_session_env: Path, tiny_model_dir: Path) -> Iterator[None]:
     yield
     ps.destroy_model_parallel()
     ps.destroy_distributed_environment()
+
+
+@pytest.fixture(scope="session")
+def vllm_llama(distributed: None, tiny_model_dir: Path) -> Any:
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader import get_model
+
+    config = helpers.vllm_config(tiny_model_dir, dtype="float32")
+    with set_current_vllm_config(config), pytest.MonkeyPatch.context() as mp:
+        # vLLM's CPU model runner does the same: torch has no accelerator allocator on CPU.
+        mp.setattr(torch.accelerator, "empty_cache", lambda: None)
+        return get_model(vllm_config=config).eval()
 
 
 def _registered_engine() -> Any:

@@ -39,7 +39,9 @@ BLOCK = 128  # vLLM CPU block size used unless a test says otherwise
 NUM_BLOCKS = 24
 
 
-def vllm_config(model_dir: Path, *, block_size: int = BLOCK, extra: dict[str, Any] | None = None) -> VllmConfig:
+def vllm_config(
+    model_dir: Path, *, block_size: int = BLOCK, extra: dict[str, Any] | None = None, dtype: str = "bfloat16"
+) -> VllmConfig:
     """vLLM's real engine config for the tiny model with our connector, layout resolved.
 
     The KV cache layout is resolved the way the engine core does it (from the
@@ -47,7 +49,7 @@ def vllm_config(model_dir: Path, *, block_size: int = BLOCK, extra: dict[str, An
     """
     args = EngineArgs(
         model=str(model_dir),
-        dtype="bfloat16",
+        dtype=dtype,
         max_model_len=2048,
         enable_prefix_caching=False,
         block_size=block_size,
