@@ -39,6 +39,12 @@ Checks: vLLM CPU packs K (and V on AMX CPUs) inside each block, so only whole
 blocks survive a store/load byte for byte. For host KV the LMCache chunk size
 must be a multiple of the block size and ``save_unfull_chunk`` must be off;
 :func:`check_host_block_alignment` refuses anything else with a clear error.
+CacheBlend is exempt: its connector moves single tokens through views that
+know the packing (``integrations/vllm/cpu_kv_layout.py``).
+
+CacheBlend hole mode: :func:`hole_mode_lookup` makes the engine's ``lookup``
+(what vLLM's scheduler asks through LMCache's lookup server) count the cached
+segments after a missing one, pinned by ``tests/integrations/vllm/test_blend_wiring.py``.
 """
 
 from __future__ import annotations
@@ -124,7 +130,7 @@ def register_engine(vllm_config: Any, config: Any, make_connector: ConnectorFact
     if existing is not None:
         return existing
     device = vllm_config.device_config.device
-    if str(device).startswith("cpu"):
+    if str(device).startswith("cpu") and not config.enable_blending:
         check_host_block_alignment(config, vllm_config.cache_config.block_size)
     metadata = VllmServiceFactory(config, vllm_config, "worker").get_or_create_metadata()
     connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))
@@ -134,6 +140,33 @@ def register_engine(vllm_config: Any, config: Any, make_connector: ConnectorFact
     )
     logger.info("lmcache_ascend: LMCache engine registered with %s on %s", type(connector).__name__, device)
     return engine
+
+
+def hole_mode_lookup(engine: Any) -> None:
+    """Make ``engine.lookup`` report CacheBlend hole-mode hits: the end of the last cached segment.
+
+    LMCache's lookup (and so vLLM's scheduler) stops at the first segment that
+    is not cached. In hole mode the blender computes the holes itself, so the
+    hit runs to the end of the last cached segment. The prefix lookup still runs
+    first, unchanged, so its pins and statistics stay LMCache's; segments past
+    the prefix are not pinned (one evicted before the load is a hole the blender
+    computes).
+    """
+    from lmcache_ascend.blend.segments import lookup_segments
+
+    prefix_lookup = engine.lookup
+    if getattr(prefix_lookup, "hole_mode", False):
+        return
+
+    def lookup(tokens: Any = None, *args: Any, request_configs: Any = None, **kwargs: Any) -> int:
+        hit = int(prefix_lookup(tokens, *args, request_configs=request_configs, **kwargs))
+        if tokens is None or hit == 0 and not engine.is_healthy():
+            return hit
+        segments = lookup_segments(engine, tokens, hole_mode=True, request_configs=request_configs)
+        return max(hit, segments.hit_end)
+
+    lookup.hole_mode = True  # type: ignore[attr-defined]
+    engine.lookup = lookup
 
 
 def destroy_engine() -> None:

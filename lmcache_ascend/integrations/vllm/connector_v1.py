@@ -39,7 +39,11 @@ remote tiers from the LMCache config) with these differences:
   and at shutdown remote connectors are closed with a bound first
   (``plugin.close_remote_backends``: LMCache 0.5.6 hangs closing ``redis://``);
 - the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
-  frees its buffer instead of leaking it).
+  frees its buffer instead of leaking it);
+- with ``enable_blending`` the worker runs lmcache_ascend's CacheBlend blender
+  (hole mode with ``extra_config: {blend_hole_mode: true}``) on the model vLLM
+  loaded, instead of upstream's CUDA-only one (see ``integrations/vllm/blend.py``);
+  a failed blend is reported as a load error, so vLLM recomputes those blocks.
 
 The scheduler side and the worker side are both this class, in vLLM's
 scheduler and worker processes.
@@ -54,6 +58,7 @@ from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
 
 from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.integrations.vllm import blend
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
 logger = init_logger(__name__)
@@ -82,6 +87,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
         registered = None
+        self._blender: blend.VLLMBlender | None = None
         self._remote_watch = plugin.RemoteConnectionWatch()
         if role == KVConnectorRole.SCHEDULER:
             recompute_failed_loads(vllm_config)
@@ -89,11 +95,15 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
             plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
             if str(vllm_config.device_config.device).startswith("cpu"):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
-            registered = plugin.register_engine(vllm_config, config, self.make_device_connector)
         try:
+            if role == KVConnectorRole.WORKER:
+                registered = plugin.register_engine(vllm_config, config, self.make_device_connector)
+                if config.enable_blending:  # before LMCache's adapter asks LMCBlenderBuilder for a blender
+                    self._blender = blend.install(registered, vllm_config.cache_config.block_size)
             super().__init__(vllm_config, role, kv_cache_config)
         except BaseException:
             if registered is not None:  # do not leave a half-built engine for the next connector
+                blend.uninstall()
                 plugin.destroy_engine()
             raise
         if role == KVConnectorRole.WORKER and self.lmcache_engine is None:
@@ -117,7 +127,13 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         if self.lmcache_engine is not None:
             self._remote_watch.check(self.lmcache_engine)
 
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        failed = super().get_block_ids_with_load_errors()
+        return failed | self._blender.take_failed_blocks() if self._blender is not None else failed
+
     def shutdown(self) -> None:
+        if self._blender is not None:
+            blend.uninstall()
         plugin.quiesce_offload_server(self._lmcache_engine)
         if self.lmcache_engine is not None:
             plugin.close_remote_backends(self.lmcache_engine)  # LMCache's own close hangs on redis://
