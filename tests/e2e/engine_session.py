@@ -11,6 +11,8 @@ line:
   ``finish_reason``;
 - ``{"op": "worker"}``: LMCache counters read inside vLLM's worker (see
   :func:`worker_state`), through ``LLM.collective_rpc``;
+- ``{"op": "blend", "recompute_ratio": r | null}``: the worker's CacheBlend
+  counters (:func:`blend_state`), after setting the recompute ratio if given;
 - ``{"op": "file_size_limit", "bytes": n | null}``: ``RLIMIT_FSIZE`` in the
   worker (:func:`file_size_limit`), a disk that refuses writes even for root;
 - ``{"op": "exit"}``.
@@ -53,6 +55,7 @@ class EngineSession:
         rpc_dir: Path,
         log_path: Path,
         max_model_len: int = 4096,
+        dtype: str = "bfloat16",
         start_timeout_s: float = 300.0,
     ) -> None:
         env = dict(os.environ)
@@ -74,7 +77,8 @@ class EngineSession:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            self._call({"op": "start", "model_dir": str(model_dir), "max_model_len": max_model_len}, start_timeout_s)
+            start = {"op": "start", "model_dir": str(model_dir), "max_model_len": max_model_len, "dtype": dtype}
+            self._call(start, start_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -108,6 +112,9 @@ class EngineSession:
 
     def worker(self, timeout_s: float = 60.0) -> dict[str, Any]:
         return self._call({"op": "worker"}, timeout_s)
+
+    def blend(self, recompute_ratio: float | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
+        return self._call({"op": "blend", "recompute_ratio": recompute_ratio}, timeout_s)
 
     def settle(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until the worker holds no memory object (asynchronous remote/disk writes done).
@@ -197,6 +204,19 @@ def worker_state(worker: Any) -> dict[str, Any]:
     }
 
 
+def blend_state(worker: Any, recompute_ratio: float | None) -> dict[str, Any]:
+    """The worker's CacheBlend counters (``blend.worker_stats``); sets the recompute ratio first if given."""
+    import dataclasses
+
+    from lmcache_ascend.integrations.vllm import blend
+
+    installed = blend.installed()
+    if installed is not None and recompute_ratio is not None:
+        settings = dataclasses.replace(installed.blender.settings, recompute_ratio=float(recompute_ratio))
+        installed.blender = installed.blender.with_settings(settings)
+    return blend.worker_stats(worker)
+
+
 def file_size_limit(worker: Any, nbytes: int | None) -> int:
     """RLIMIT_FSIZE in this worker process; writes past it fail with EFBIG (SIGXFSZ ignored)."""
     import resource
@@ -223,7 +243,7 @@ def _generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[dict[
     ]
 
 
-def _start(model_dir: str, max_model_len: int) -> Any:
+def _start(model_dir: str, max_model_len: int, dtype: str) -> Any:
     from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env
 
     for key, value in lmcache_env().items():
@@ -232,7 +252,7 @@ def _start(model_dir: str, max_model_len: int) -> Any:
 
     return LLM(
         model=model_dir,
-        dtype="bfloat16",
+        dtype=dtype,
         max_model_len=max_model_len,
         enable_prefix_caching=False,
         enforce_eager=True,
@@ -249,12 +269,14 @@ def _serve() -> int:
             break
         try:
             if op == "start":
-                llm = _start(cmd["model_dir"], cmd["max_model_len"])
+                llm = _start(cmd["model_dir"], cmd["max_model_len"], cmd["dtype"])
                 out: Any = {"started": True}
             elif op == "generate":
                 out = _generate(llm, cmd["prompts"], cmd["max_tokens"])
             elif op == "worker":
                 out = llm.collective_rpc(worker_state)[0]
+            elif op == "blend":
+                out = llm.collective_rpc(blend_state, args=(cmd["recompute_ratio"],))[0]
             elif op == "file_size_limit":
                 out = llm.collective_rpc(file_size_limit, args=(cmd["bytes"],))[0]
             else:

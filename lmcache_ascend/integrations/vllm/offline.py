@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
+from lmcache_ascend.integrations.vllm.settings import blend_env, kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ class LLMOptions:
     # (``"ascend_cpu"`` for lmcache_ascend's ops, None for LMCache's default).
     mp_port: int | None = None
     device_backend: str | None = None
+    # False: LMCache keeps nothing (its CPU tier only stages), so every prompt is
+    # computed in full, through the same connector path (a baseline).
+    lmcache_store: bool = True
+    # CacheBlend: None = off, else standard (False) or hole mode (True); CPU tier only.
+    blend_hole_mode: bool | None = None
+    blend_ratio: float = 0.15
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.blend_hole_mode is not None and (self.disk_dir is not None or self.mp_port is not None or not self.connector):
+            raise ValueError("blend_hole_mode: CacheBlend runs on the in-process connector with the CPU tier only (no disk_dir)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ def start_llm(opts: LLMOptions) -> Any:
         os.environ["LMCACHE_DEVICE_BACKEND"] = opts.device_backend
     if opts.connector and opts.mp_port is None:
         os.environ.update(lmcache_env(disk_dir=opts.disk_dir, layerwise=opts.layerwise, cpu_gib=opts.cpu_gib))
+        if opts.blend_hole_mode is not None:
+            os.environ.update(blend_env(hole_mode=opts.blend_hole_mode, recompute_ratio=opts.blend_ratio))
+        if not opts.lmcache_store:
+            os.environ["LMCACHE_LOCAL_CPU"] = "False"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
     from vllm import LLM
     from vllm.config import KVTransferConfig
@@ -68,7 +83,7 @@ def start_llm(opts: LLMOptions) -> Any:
         kwargs["block_size"] = opts.block_size
     return LLM(
         model=str(opts.model_dir),
-        dtype="bfloat16",
+        dtype=opts.dtype,
         max_model_len=opts.max_model_len,
         enable_prefix_caching=False,
         enforce_eager=True,

@@ -9,6 +9,8 @@ second engine is a second process:
 Options are :class:`~lmcache_ascend.integrations.vllm.offline.LLMOptions`
 fields plus ``prompts`` (token-id lists, sent in order) and ``max_tokens``.
 The child prints one line ``RESULT <json>``; :func:`run_engine` parses it.
+With CacheBlend on (``blend_hole_mode`` set), each result also carries
+``blend``: the blender's counters for that prompt, read in vLLM's worker.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def run_engine(options: dict[str, Any], *, timeout_s: float = 420, env: dict[str
     """Run the engine described by ``options`` in a child process; per-prompt results."""
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if options.get("blend_hole_mode") is not None:  # the blend counters come back through collective_rpc(function)
+        child_env.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     if rpc_dir is not None:
         child_env["VLLM_RPC_BASE_PATH"] = str(rpc_dir)  # LMCache's ZMQ sockets live here
     proc = subprocess.run(
@@ -58,8 +62,19 @@ def _child(raw: str) -> int:
     for key in _PATH_KEYS:
         if args.get(key) is not None:
             args[key] = Path(args[key])
-    llm = start_llm(LLMOptions(**args))
-    results = [run_prompt(llm, p, max_tokens).to_dict() for p in prompts]
+    opts = LLMOptions(**args)
+    llm = start_llm(opts)
+    results, blends = [], 0
+    for prompt in prompts:
+        result = run_prompt(llm, prompt, max_tokens).to_dict()
+        if opts.blend_hole_mode is not None:
+            from lmcache_ascend.integrations.vllm.blend import worker_stats
+
+            stats = llm.collective_rpc(worker_stats)[0]
+            # vLLM calls the blender only for a prompt with an LMCache hit: {} when it did not run
+            result["blend"] = stats["last"] if stats.get("requests", 0) > blends else {}
+            blends = stats.get("requests", 0)
+        results.append(result)
     print(RESULT_PREFIX + json.dumps(results), flush=True)
     return 0
 

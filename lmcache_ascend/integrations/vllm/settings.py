@@ -3,11 +3,13 @@
 :func:`kv_transfer_config` is the ``KVTransferConfig`` users put in an offline
 script (the server flag takes the same three keys as JSON);
 :func:`lmcache_env` is the LMCache configuration as ``LMCACHE_*`` environment
-variables, which vLLM's spawned worker processes inherit.
+variables, which vLLM's spawned worker processes inherit; :func:`blend_env`
+adds CacheBlend (hole mode optional) on top of it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,25 @@ def lmcache_env(
     if remote_url is not None:
         env["LMCACHE_REMOTE_URL"] = remote_url
     return env
+
+
+
+def blend_env(
+    *, hole_mode: bool, recompute_ratio: float = 0.15, check_layer: int = 1, special_str: str | None = None
+) -> dict[str, str]:
+    """CacheBlend settings (over :func:`lmcache_env` with ``layerwise=True``, CPU tier only).
+
+    Segments keep their original positions in memory-object metadata, which the
+    local disk and remote tiers do not store, so blending uses the CPU tier.
+    """
+    from lmcache_ascend.blend.settings import HOLE_MODE_KEY, SPECIAL_STR, BlendSettings
+
+    BlendSettings(recompute_ratio=recompute_ratio, check_layer=check_layer, hole_mode=hole_mode)  # validates
+    return {
+        "LMCACHE_USE_LAYERWISE": "True",
+        "LMCACHE_ENABLE_BLENDING": "True",
+        "LMCACHE_BLEND_SPECIAL_STR": SPECIAL_STR if special_str is None else special_str,
+        "LMCACHE_BLEND_RECOMPUTE_RATIOS": str(float(recompute_ratio)),
+        "LMCACHE_BLEND_CHECK_LAYERS": str(int(check_layer)),
+        "LMCACHE_EXTRA_CONFIG": json.dumps({HOLE_MODE_KEY: bool(hole_mode)}),
+    }
