@@ -139,17 +139,23 @@ def report(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def workload_parser(description: str, doc_len: int) -> argparse.ArgumentParser:
+    """The options both CacheBlend benchmarks take: model, workload, ratio, output."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "blend-llama")
     p.add_argument("--docs", type=int, default=4)
-    p.add_argument("--doc-len", type=int, default=256)
+    p.add_argument("--doc-len", type=int, default=doc_len)
     p.add_argument("--question-len", type=int, default=32)
     p.add_argument("--ratio", type=float, default=0.15, help="blend_recompute_ratios[0]")
-    p.add_argument("--repeat", type=int, default=3, help="timed prefills per mode and prompt (median)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--plot-dir", type=Path, default=RESULTS_DIR)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = workload_parser(__doc__.split("\n\n")[0], doc_len=256)
+    p.add_argument("--repeat", type=int, default=3, help="timed prefills per mode and prompt (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
     a = p.parse_args(argv)
 
     print(f"[1/4] model {a.model_dir}: {SPEC.num_layers} layers, hidden {SPEC.hidden_size}, "

@@ -7,6 +7,7 @@
 #   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
 #   bash scripts/dev.sh bench-mp   # install everything, run the LMCache multi-process benchmark
 #   bash scripts/dev.sh bench-blend  # install everything, run the CacheBlend benchmark
+#   bash scripts/dev.sh bench-blend-vllm  # install everything, run the CacheBlend benchmark in vLLM CPU
 #   bash scripts/dev.sh setup   # only install
 #   bash scripts/dev.sh setup-deps  # only the third-party dependencies (for image layers)
 #
@@ -85,5 +86,6 @@ case "$cmd" in
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
   bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
   bench-blend) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|setup|setup-deps} [args...]" >&2; exit 2 ;;
+  bench-blend-vllm) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend_vllm.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|bench-blend-vllm|setup|setup-deps} [args...]" >&2; exit 2 ;;
 esac
