@@ -11,8 +11,9 @@ line:
   ``finish_reason``;
 - ``{"op": "worker"}``: LMCache counters read inside vLLM's worker (see
   :func:`worker_state`), through ``LLM.collective_rpc``;
-- ``{"op": "blend", "recompute_ratio": r | null}``: the worker's CacheBlend
-  counters (:func:`blend_state`), after setting the recompute ratio if given;
+- ``{"op": "blend", "recompute_ratio": r | null, "break": bool}``: the worker's
+  CacheBlend counters (:func:`blend_state`), after setting the recompute ratio
+  if given; ``break`` makes every later blend fail before it writes any KV;
 - ``{"op": "file_size_limit", "bytes": n | null}``: ``RLIMIT_FSIZE`` in the
   worker (:func:`file_size_limit`), a disk that refuses writes even for root;
 - ``{"op": "exit"}``.
@@ -113,8 +114,10 @@ class EngineSession:
     def worker(self, timeout_s: float = 60.0) -> dict[str, Any]:
         return self._call({"op": "worker"}, timeout_s)
 
-    def blend(self, recompute_ratio: float | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
-        return self._call({"op": "blend", "recompute_ratio": recompute_ratio}, timeout_s)
+    def blend(
+        self, recompute_ratio: float | None = None, *, break_it: bool = False, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        return self._call({"op": "blend", "recompute_ratio": recompute_ratio, "break": break_it}, timeout_s)
 
     def settle(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until the worker holds no memory object (asynchronous remote/disk writes done).
@@ -204,8 +207,12 @@ def worker_state(worker: Any) -> dict[str, Any]:
     }
 
 
-def blend_state(worker: Any, recompute_ratio: float | None) -> dict[str, Any]:
-    """The worker's CacheBlend counters (``blend.worker_stats``); sets the recompute ratio first if given."""
+def blend_state(worker: Any, recompute_ratio: float | None, break_it: bool = False) -> dict[str, Any]:
+    """The worker's CacheBlend counters (``blend.worker_stats``); sets the recompute ratio first if given.
+
+    ``break_it`` takes the blend connector's K rotator away: each later blend then
+    raises at its first layer, before any KV reaches vLLM's paged cache.
+    """
     import dataclasses
 
     from lmcache_ascend.integrations.vllm import blend
@@ -214,6 +221,8 @@ def blend_state(worker: Any, recompute_ratio: float | None) -> dict[str, Any]:
     if installed is not None and recompute_ratio is not None:
         settings = dataclasses.replace(installed.blender.settings, recompute_ratio=float(recompute_ratio))
         installed.blender = installed.blender.with_settings(settings)
+    if installed is not None and break_it:
+        installed.blender.connector.rotator = None
     return blend.worker_stats(worker)
 
 
@@ -276,7 +285,7 @@ def _serve() -> int:
             elif op == "worker":
                 out = llm.collective_rpc(worker_state)[0]
             elif op == "blend":
-                out = llm.collective_rpc(blend_state, args=(cmd["recompute_ratio"],))[0]
+                out = llm.collective_rpc(blend_state, args=(cmd["recompute_ratio"], cmd.get("break", False)))[0]
             elif op == "file_size_limit":
                 out = llm.collective_rpc(file_size_limit, args=(cmd["bytes"],))[0]
             else:

@@ -12,7 +12,9 @@ prefill from vLLM's own), recompute ratio 1.0 first:
 - standard mode: B cold (vLLM's own output, the reference above), then A:
   document 1 is the hole, the hit stops at document 0, and documents 2 and 3,
   though cached, are not used; A's tokens equal A computed by vLLM alone;
-- at ratio 0.15 most loaded tokens keep their cached KV (reported by the worker).
+- at ratio 0.15 most loaded tokens keep their cached KV (reported by the worker);
+- a blend that fails before writing any KV (other documents, so the blocks hold
+  stale KV) is recomputed by vLLM: the same tokens as vLLM alone, no error.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def runs(model_dir: Path, workload: MultiDocWorkload, tmp_path_factory: pytest.T
     a = workload.prompt()
     b = workload.prompt(holes=(HOLE,), variant=1)
     c = workload.prompt(holes=(2,), variant=2)
+    other = MultiDocWorkload(DOCS, DOC_LEN, QUESTION_LEN, workload.separator, seed=1)
+    d_cold, d = other.prompt(), other.prompt(holes=(HOLE,), variant=1)
     out: dict[str, Any] = {"a": a, "b": b}
     with open_session(model_dir, tmp, "hole", hole_mode=True) as hole:
         out["hole_a"] = hole.generate([a])[0]
@@ -61,7 +65,12 @@ def runs(model_dir: Path, workload: MultiDocWorkload, tmp_path_factory: pytest.T
         hole.blend(recompute_ratio=0.15)
         out["hole_c"] = hole.generate([c])[0]
         out["hole_c_stats"] = hole.blend()
+        hole.generate([d_cold])
+        hole.blend(break_it=True)
+        out["hole_d"] = hole.generate([d])[0]
+        out["hole_d_stats"] = hole.blend()
     with open_session(model_dir, tmp, "standard", hole_mode=False) as standard:
+        out["standard_d"] = standard.generate([d])[0]  # other documents: nothing cached yet
         out["standard_b"] = standard.generate([b])[0]
         out["standard_a"] = standard.generate([a])[0]
         out["standard_a_stats"] = standard.blend()
@@ -109,3 +118,11 @@ def test_low_ratio_keeps_most_cached_kv(runs: dict[str, Any], workload: MultiDoc
     loaded = last["loaded_tokens"]
     assert loaded == (DOCS - 1) * DOC_LEN and last["segments_after_hole"] == 1
     assert last["reused_tokens"] >= loaded - int(0.15 * loaded) - 1, last
+
+
+def test_a_failed_blend_is_recomputed_by_vllm(runs: dict[str, Any]) -> None:
+    stats = runs["hole_d_stats"]
+    assert stats["failures"] == 1 and stats["requests"] == runs["hole_c_stats"]["requests"]
+    assert runs["standard_d"]["from_lmcache"] == 0
+    assert runs["hole_d"]["finish_reason"] == "length"
+    assert runs["hole_d"]["token_ids"] == runs["standard_d"]["token_ids"]

@@ -160,7 +160,7 @@ def hole_mode_lookup(engine: Any) -> None:
 
     def lookup(tokens: Any = None, *args: Any, request_configs: Any = None, **kwargs: Any) -> int:
         hit = int(prefix_lookup(tokens, *args, request_configs=request_configs, **kwargs))
-        if tokens is None or hit == 0 and not engine.is_healthy():
+        if tokens is None or not engine.is_healthy():  # LMCache answered 0 without probing storage
             return hit
         segments = lookup_segments(engine, tokens, hole_mode=True, request_configs=request_configs)
         return max(hit, segments.hit_end)
