@@ -219,9 +219,11 @@ def test_watch_leaves_redis_alone_and_close_does_not_hang(remote_engines: Engine
     assert store_and_load(engine) == len(TOKENS)
     redis.restart()
     # redis-py discards each pooled connection the first time it fails and
-    # opens a new one: a few operations miss, then hits resume by themselves.
+    # opens a new one: operations may miss for a while (how many depends on
+    # timing: none when the pool noticed the restart first), then hits resume by
+    # themselves; a miss is a miss, never a partial load.
     results = [store_and_load(engine) for _ in range(6)]
-    assert results[0] == 0 and results[-1] == len(TOKENS), results
+    assert set(results) <= {0, len(TOKENS)} and results[-1] == len(TOKENS), results
     assert plugin.RemoteConnectionWatch().check(engine) == 0
     assert backend.connection is not None
 
