@@ -115,6 +115,6 @@ class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
 def create_device_connector(config: Any, metadata: Any, device: Any) -> MindSporeKVUser:
     """The paged or layerwise connector LMCache's ``config`` asks for."""
     if config.enable_blending:
-        raise ValueError("CacheBlend (enable_blending) is not supported by lmcache_ascend yet")
+        raise ValueError("enable_blending: CacheBlend runs on PyTorch KV caches only, not on MindSpore ones")
     cls = MindSporeLayerwiseConnector if config.use_layerwise else MindSporePagedConnector
     return cls.from_metadata(metadata, device=device)

@@ -203,3 +203,13 @@ def test_layerwise_store_then_retrieve(engines: EngineFactory, dtype: str, layou
     assert torch.equal(mask, (torch.arange(NUM_TOKENS) < FULL) & (torch.arange(NUM_TOKENS) >= cached // CHUNK * CHUNK))
     assert_kv(dst, moved(src_bits, dst_before, old, new, range(cached, FULL)), dtype)
     assert torch.equal(new_slots, torch.from_numpy(new))  # the engine's slot mapping is not modified
+
+
+def test_blending_is_refused_for_mindspore_kv() -> None:
+    from lmcache.v1.config import LMCacheEngineConfig
+
+    from lmcache_ascend.integrations.mindspore.connectors import create_device_connector
+
+    cfg = LMCacheEngineConfig.from_defaults(use_layerwise=True, enable_blending=True)
+    with pytest.raises(ValueError, match="^enable_blending: CacheBlend runs on PyTorch KV caches only"):
+        create_device_connector(cfg, make_metadata(num_layers=2, num_heads=2, head_size=8), "cpu")
