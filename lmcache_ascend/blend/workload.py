@@ -47,6 +47,13 @@ class MultiDocWorkload:
     def question(self, variant: int = 0) -> list[int]:
         return prompt_token_ids(self.question_len, offset=7 + self.seed * 997 + variant * 53 + 50_000)
 
+    def document_span(self, index: int) -> tuple[int, int]:
+        """Token range ``[start, end)`` of the document at position ``index`` of a prompt."""
+        if not 0 <= index < self.num_docs:
+            raise ValueError(f"index: {index} is not a document position in [0, {self.num_docs})")
+        start = index * (self.doc_len + len(self.separator))
+        return start, start + self.doc_len
+
     def documents(self) -> list[list[int]]:
         return [self.document(i) for i in range(self.num_docs)]
 

@@ -28,10 +28,6 @@ def kv_rows(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(t[0].transpose(0, 1).reshape(t.shape[2], -1) for t in (entry.keys, entry.values))  # type: ignore[return-value]
 
 
-def doc_start(workload: MultiDocWorkload, index: int) -> int:
-    return index * (DOC_LEN + len(workload.separator))
-
-
 @pytest.mark.parametrize("layout", ["flash", "ascend"])
 @pytest.mark.parametrize("hole_mode", [False, True], ids=["standard", "hole_mode"])
 @pytest.mark.parametrize("holes", [(), (1,)], ids=["no_hole", "hole1"])
@@ -68,7 +64,7 @@ def test_hole_mode_reuses_every_cached_segment_after_the_hole(
     assert standard.segments_reused_after_hole == 0
     assert holed.loaded_tokens == (NUM_DOCS - 1) * DOC_LEN
     assert standard.loaded_tokens == hole * DOC_LEN
-    hole_rows = range(doc_start(workload, hole), doc_start(workload, hole) + DOC_LEN)
+    hole_rows = range(*workload.document_span(hole))
     assert set(hole_rows) <= set(holed.computed.tolist())  # the hole is computed
     if after:
         assert holed.reused_tokens > standard.reused_tokens
@@ -84,7 +80,7 @@ def test_reused_rows_hold_the_cached_kv(
     layers = flash_stack.layers
     check = result.plan.check_layer
     selected = set(result.computed.tolist())
-    start = doc_start(workload, 3)  # the last document: cached, after the hole
+    start = workload.document_span(3)[0]  # the last document: cached, after the hole
     kept = [t for t in range(start, start + DOC_LEN) if t not in selected]
     assert kept, "every token of the document was recomputed"
     _, alone = full_recompute(blend_model, workload.document(3))

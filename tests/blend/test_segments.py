@@ -77,3 +77,6 @@ def test_workload_prompt_layout(workload: MultiDocWorkload) -> None:
         assert tuple(tokens[end : end + len(workload.separator)]) == workload.separator
     with pytest.raises(ValueError, match="^holes"):
         workload.prompt((NUM_DOCS,))
+    assert [workload.document_span(i) for i in range(NUM_DOCS)] == bounds[:-1]
+    with pytest.raises(ValueError, match="^index"):
+        workload.document_span(NUM_DOCS)

@@ -21,9 +21,6 @@ from tests.blend.conftest import DOC_LEN, NUM_DOCS
 BLOCK = 16
 
 
-def doc_end(workload: MultiDocWorkload, index: int) -> int:
-    return (index + 1) * DOC_LEN + index * len(workload.separator)
-
 
 def test_a_blend_is_counted(flash_stack: LocalBlendStack, workload: MultiDocWorkload) -> None:
     blender = VLLMBlender(flash_stack.blender.with_mode(True), BLOCK)
@@ -66,12 +63,12 @@ def test_hole_mode_lookup_counts_segments_after_the_hole(
     monkeypatch.setattr(engine, "lookup", engine.lookup)  # restored after the test: the stack is shared
     tokens = workload.prompt(holes=(hole,))
     prefix = engine.lookup(tokens)
-    assert prefix == (doc_end(workload, hole - 1) if hole else 0), "LMCache's own lookup stops at the hole"
+    assert prefix == (workload.document_span(hole - 1)[1] if hole else 0), "LMCache's own lookup stops at the hole"
     plugin.hole_mode_lookup(engine)
     plugin.hole_mode_lookup(engine)  # idempotent: one wrapper
     last_cached = NUM_DOCS - 1 if hole < NUM_DOCS - 1 else NUM_DOCS - 2
-    assert engine.lookup(tokens) == doc_end(workload, last_cached)
-    assert engine.lookup(workload.prompt()) == doc_end(workload, NUM_DOCS - 1), "no hole: the prefix lookup's answer"
+    assert engine.lookup(tokens) == workload.document_span(last_cached)[1]
+    assert engine.lookup(workload.prompt()) == workload.document_span(NUM_DOCS - 1)[1], "no hole: the prefix lookup's answer"
     assert engine.lookup(workload.prompt(holes=tuple(range(NUM_DOCS)))) == 0
-    assert engine.lookup(tokens, lookup_id="req-1", pin=True) == doc_end(workload, last_cached)
+    assert engine.lookup(tokens, lookup_id="req-1", pin=True) == workload.document_span(last_cached)[1]
     engine.lookup_unpin("req-1")

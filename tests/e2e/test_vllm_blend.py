@@ -77,10 +77,6 @@ def runs(model_dir: Path, workload: MultiDocWorkload, tmp_path_factory: pytest.T
     yield out
 
 
-def doc_end(workload: MultiDocWorkload, index: int) -> int:
-    """Token position where document ``index`` ends."""
-    return (index + 1) * DOC_LEN + index * len(workload.separator)
-
 
 def test_cold_prompts_load_nothing(runs: dict[str, Any]) -> None:
     assert runs["hole_a"]["from_lmcache"] == 0
@@ -88,7 +84,7 @@ def test_cold_prompts_load_nothing(runs: dict[str, Any]) -> None:
 
 
 def test_hole_mode_reuses_every_cached_document_after_the_hole(runs: dict[str, Any], workload: MultiDocWorkload) -> None:
-    assert runs["hole_b"]["from_lmcache"] == doc_end(workload, DOCS - 1)  # the scheduler saw the hits after the hole
+    assert runs["hole_b"]["from_lmcache"] == workload.document_span(DOCS - 1)[1]  # the scheduler saw the hits after the hole
     stats = runs["hole_b_stats"]
     assert stats["installed"] and stats["hole_mode"] and stats["failures"] == 0
     last = stats["last"]
@@ -98,7 +94,7 @@ def test_hole_mode_reuses_every_cached_document_after_the_hole(runs: dict[str, A
 
 
 def test_standard_blending_stops_at_the_hole(runs: dict[str, Any], workload: MultiDocWorkload) -> None:
-    assert runs["standard_a"]["from_lmcache"] == doc_end(workload, HOLE - 1)
+    assert runs["standard_a"]["from_lmcache"] == workload.document_span(HOLE - 1)[1]
     last = runs["standard_a_stats"]["last"]
     assert last["used_segments"] == HOLE and last["segments_after_hole"] == 0
     assert runs["standard_a_stats"]["failures"] == 0 and not runs["standard_a_stats"]["hole_mode"]
@@ -114,7 +110,7 @@ def test_ratio_one_equals_vllm_full_recompute(runs: dict[str, Any]) -> None:
 def test_low_ratio_keeps_most_cached_kv(runs: dict[str, Any], workload: MultiDocWorkload) -> None:
     result, last = runs["hole_c"], runs["hole_c_stats"]["last"]
     assert result["finish_reason"] == "length" and len(result["token_ids"]) == 16
-    assert result["from_lmcache"] == doc_end(workload, DOCS - 1)
+    assert result["from_lmcache"] == workload.document_span(DOCS - 1)[1]
     loaded = last["loaded_tokens"]
     assert loaded == (DOCS - 1) * DOC_LEN and last["segments_after_hole"] == 1
     assert last["reused_tokens"] >= loaded - int(0.15 * loaded) - 1, last
