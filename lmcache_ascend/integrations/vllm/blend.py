@@ -143,11 +143,11 @@ def find_vllm_model() -> Any:
         ) from None
 
 
-def install(engine: Any, block_size: int, model: Any | None = None) -> VLLMBlender:
+def install(engine: Any, block_size: int) -> VLLMBlender:
     """Register a :class:`VLLMBlender` for ``engine`` where LMCache's vLLM adapter looks for its blender."""
     from lmcache.v1.compute.blend.utils import LMCBlenderBuilder
 
-    layers = VLLMLlamaLayers(model if model is not None else find_vllm_model())
+    layers = VLLMLlamaLayers(find_vllm_model())
     blender = VLLMBlender(SegmentBlender(engine, layers), block_size)
     LMCBlenderBuilder._blenders[plugin.ENGINE_NAME] = blender  # type: ignore[assignment]
     if blender.hole_mode:
