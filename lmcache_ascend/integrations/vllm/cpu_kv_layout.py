@@ -88,13 +88,17 @@ def token_views(layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _split(layer)
 
 
+def _valid_slots(slots: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of the slots >= 0, and those slots' block ids and offsets in their blocks."""
+    valid = (slots >= 0).nonzero().squeeze(1)
+    picked = slots[valid].to(torch.int64)
+    return valid, picked // block_size, picked % block_size
+
+
 def gather_rows(layer: torch.Tensor, slots: torch.Tensor, out: torch.Tensor) -> None:
     """``out[2, n, H]`` = K/V rows of the tokens at ``slots`` (rows of slots < 0 left as they are)."""
     k, v = token_views(layer)
-    block_size = k.shape[1]
-    valid = (slots >= 0).nonzero().squeeze(1)
-    picked = slots[valid].to(torch.int64)
-    blocks, offsets = picked // block_size, picked % block_size
+    valid, blocks, offsets = _valid_slots(slots, k.shape[1])
     out[0, valid.to(out.device)] = k[blocks, offsets].flatten(1)
     out[1, valid.to(out.device)] = v[blocks, offsets].flatten(1)
 
@@ -102,10 +106,7 @@ def gather_rows(layer: torch.Tensor, slots: torch.Tensor, out: torch.Tensor) -> 
 def scatter_rows(rows: torch.Tensor, layer: torch.Tensor, slots: torch.Tensor) -> None:
     """Write ``rows[2, n, H]`` to the tokens at ``slots`` (slots < 0 skipped)."""
     k, v = token_views(layer)
-    block_size, heads, head_size = k.shape[1], k.shape[2], k.shape[3]
-    valid = (slots >= 0).nonzero().squeeze(1)
-    picked = slots[valid].to(torch.int64)
-    blocks, offsets = picked // block_size, picked % block_size
+    valid, blocks, offsets = _valid_slots(slots, k.shape[1])
     rows = rows[:, valid.to(rows.device)]
-    k[blocks, offsets] = rows[0].view(-1, heads, head_size)
-    v[blocks, offsets] = rows[1].view(-1, heads, head_size)
+    k[blocks, offsets] = rows[0].view(-1, *k.shape[2:])
+    v[blocks, offsets] = rows[1].view(-1, *v.shape[2:])
