@@ -1,11 +1,12 @@
 """KV-cache format detection from tensor descriptions.
 
 :func:`detect_kv_layout` takes what an engine registers (a tensor, a list per
-layer, a list of per-layer ``(K, V)`` tuples, SGLang's ``[K layers, V layers]``
-or SGLang NPU's ``[K_all, V_all]``), as torch / numpy / MindSpore tensors or
-:class:`TensorDesc`, and returns a :class:`KVCacheLayout`: the
-:class:`KVFormat` (upstream ``EngineKVFormat`` value), the geometry, and the
-buffers in the pointer-table order the kernels expect.
+layer, a list of per-layer ``(K, V)`` tuples, SGLang's ``[K layers, V layers]``,
+SGLang NPU's ``[K_all, V_all]`` or SGLang's flat "unified" component list), as
+torch / numpy / MindSpore tensors or :class:`TensorDesc`, and returns a
+:class:`KVCacheLayout`: the :class:`KVFormat` (upstream ``EngineKVFormat``
+value), the geometry, and the buffers in the pointer-table order the kernels
+expect.
 
 Layout hints (same keys as upstream ``LayoutHints``):
 
@@ -17,6 +18,10 @@ Layout hints (same keys as upstream ``LayoutHints``):
 - ``num_kv_heads``: for NZ caches, how the 16-element pieces group into heads
   (informational: the addressing does not depend on it).
 - ``tokens_per_block``: block size for SGLang pools registered as flat slots.
+- ``kv_list_layout``: ``"unified"`` marks SGLang's multi-process registration,
+  a flat list with one tensor per K or V component: ``[NB, BS, NH, HS]`` is
+  format 18 (``NL_X_NB_BS_NH_HS``), ``[NB, BS, HS]`` (MLA) format 3, as
+  LMCache's SGLang detector decides. ``NL`` is then the number of tensors.
 
 A tensor that is a permuted view of a dense allocation (vLLM exposes HND
 caches as NHD views) is first described in its physical axis order.
@@ -244,6 +249,10 @@ def _detect_sglang(tree: Any, hints: dict[str, Any]):
     first = _first(tree)
     depth, s = _depth(tree), first.shape
     tokens_per_block = hints.get("tokens_per_block")
+    if hints.get("kv_list_layout") == "unified":
+        # Shapes cannot tell this flat component list from other SGLang pools
+        # (NH may be 1 after tensor parallelism): the hint decides, as upstream.
+        return _detect_sglang_unified(tree)
     if depth == 1 and len(tree) == 2 and first.ndim == 5 and tree[0].shape == tree[1].shape:
         # SGLang NPU: [K_all, V_all], each [layers, blocks, block_size, heads, dim].
         nl, nb, bs, nh, hs = s
@@ -264,6 +273,20 @@ def _detect_sglang(tree: Any, hints: dict[str, Any]):
         if first.ndim == 4:
             nb, bs, nh, hs = s
             return KVFormat.TWO_X_NL_X_NB_BS_NH_HS, buffers, _geom(nl, nb, bs, nh, hs, first)
+    return None
+
+
+def _detect_sglang_unified(tree: Any) -> tuple[KVFormat, list[TensorDesc], KVGeometry] | None:
+    """One tensor per K or V component (all K layers, then all V layers)."""
+    if _depth(tree) != 1:
+        return None
+    first, nl = tree[0], len(tree)
+    if first.ndim == 3:
+        nb, bs, hs = first.shape
+        return KVFormat.NL_X_NB_BS_HS, tree, _geom(nl, nb, bs, 1, hs, first)
+    if first.ndim == 4:
+        nb, bs, nh, hs = first.shape
+        return KVFormat.NL_X_NB_BS_NH_HS, tree, _geom(nl, nb, bs, nh, hs, first)
     return None
 
 

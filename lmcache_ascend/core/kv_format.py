@@ -20,7 +20,15 @@ same enum (310P "NZ" layouts), so one enum names every layout the kernels accept
   ``C16`` the 310P "NZ" split of a token's ``NH * HS`` elements into
   ``NH * HS / 16`` pieces of 16. Fused formats whose last axis packs
   ``[K | V]`` (``CS = 2 * HS``) are written with ``TWO, HS`` in place of ``CS``.
-- ``mla``: one latent plane per layer (``kv_size == 1``).
+- ``mla``: one latent plane per layer (``kv_size == 1``, one head of ``HS``).
+- ``single_kv``: each buffer holds one K *or* one V component with its real
+  ``NH`` heads, so ``kv_size == 1`` without being MLA. Format 18
+  (``NL_X_NB_BS_NH_HS``, SGLang's "unified" pool registered with LMCache's
+  multi-process server) is ``"layer"`` buffers ``[NB, BS, NH, HS]``, one per
+  K or V component (all K layers, then all V layers), and ``NL`` counts those
+  components, not model layers. Its memory objects are single-plane,
+  ``[1, NL, T, NH * HS]`` (LMCache's ``[NL, T, NH * HS]``): component ``i``
+  is object layer ``i``, as LMCache's torch baseline lays it out.
 
 Plane tuples (format 17: MLA ``(latent, rope)``, DSA ``(latent, rope, indexer)``,
 DSA-C8 ``(latent, rope, int8 indexer, fp16 scale)``) pack a token's planes
@@ -77,10 +85,13 @@ class FormatSpec:
     engines: tuple[str, ...] = ()
     # The trailing ``TWO, HS`` axes appear to engines as one ``CS`` axis.
     packed: bool = False
+    # One K or V component per buffer, heads kept (not MLA): see the module docstring.
+    single_kv: bool = False
 
     @property
     def kv_size(self) -> int:
-        return 1 if self.mla else 2
+        """Planes per layer of the memory object: 1 for MLA and single-component formats."""
+        return 1 if self.mla or self.single_kv else 2
 
     @property
     def is_hnd(self) -> bool:
@@ -110,9 +121,15 @@ class FormatSpec:
 
 
 def _spec(
-    fmt: KVFormat, buffers: BufferOrder, axes: str, *engines: str, mla: bool = False, packed: bool = False
+    fmt: KVFormat,
+    buffers: BufferOrder,
+    axes: str,
+    *engines: str,
+    mla: bool = False,
+    packed: bool = False,
+    single_kv: bool = False,
 ) -> FormatSpec:
-    return FormatSpec(fmt, buffers, tuple(axes.split()), mla=mla, engines=engines, packed=packed)
+    return FormatSpec(fmt, buffers, tuple(axes.split()), mla=mla, engines=engines, packed=packed, single_kv=single_kv)
 
 
 F = KVFormat
@@ -136,6 +153,7 @@ FORMATS: dict[KVFormat, FormatSpec] = {
         _spec(F.NL_X_TWO_NB_NH_ONE_BS_HS, "layer", "TWO NB NH ONE BS HS", "vllm-rbln"),
         _spec(F.NL_X_TWO_X_NB_BS_NH_HS, "layer_kv", "NB BS NH HS", "vllm-ascend (K, V) tuples"),
         _spec(F.NL_X_NP_X_NB_BS_ONE_HS, "layer_planes", "NB BS ONE W", "vllm-ascend MLA/DSA plane tuples", mla=True),
+        _spec(F.NL_X_NB_BS_NH_HS, "layer", "NB BS NH HS", "sglang unified (MP): one tensor per K or V", single_kv=True),
         _spec(F.NL_X_TWO_X_NB_NZC_BS_C16, "layer_kv", "NB NZC BS C16", "vllm-ascend 310P NZ, separate K/V"),
         _spec(F.NL_X_TWO_NB_NZC_BS_C16, "layer", "TWO NB NZC BS C16", "vllm-ascend 310P NZ, merged K/V"),
     )

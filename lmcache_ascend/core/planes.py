@@ -1,8 +1,9 @@
 """Lowering of paged KV layouts and memory objects to plane tables.
 
 A *plane* is the unit the host kernel copies (``csrc/plane_transfer.h``): for
-one layer and one of K / V (or the one MLA latent), where each token slot of
-the paged buffer lives and where each token row of the memory object lives.
+one layer and one of K / V (or the one MLA latent, or the one K or V component
+of a ``single_kv`` buffer), where each token slot of the paged buffer lives and
+where each token row of the memory object lives.
 
 Paged side (:class:`PagedPlane`, offsets relative to a buffer of the pointer
 table): ``slot -> offset + (slot // block_size) * block_stride
@@ -18,6 +19,8 @@ so one pass moves a layer into separate K and V rows.
 Memory-object layouts (LMCache ``MemoryFormat``), ``H = num_heads * head_size``:
 
 - ``KV_2LTD`` ``[2, L, T, H]`` and ``KV_MLA_FMT`` ``[1, L, T, H]``: multi-layer.
+  Single-plane formats (``kv_size == 1``: MLA with ``H = HS``, ``single_kv``
+  with ``H = NH * HS``) use the ``[1, L, T, H]`` form.
 - ``KV_T2D`` ``[T, 2, H]``: one layer, token-major (layerwise path).
 - ``KV_2TD`` ``[2, T, H]``: one layer, K/V-major (blending buffers).
 """

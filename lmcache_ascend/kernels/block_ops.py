@@ -9,6 +9,13 @@ torch baseline in ``lmcache.v1.platform.torch_ops.mp_mem_kernels``:
   ``kv_size, nl, nb, bs, nh, hs, element_size, block_stride_elems``. For
   packed formats (12, 13) with ``kv_size == 1``, ``hs`` is the packed width
   ``CS`` and each head's ``[K | V]`` slice is moved as one.
+- Format 18 (``NL_X_NB_BS_NH_HS``, SGLang "unified"): the paged side is
+  ``nl`` buffers ``[nb, bs, nh, hs]``, one per K or V component (all K layers,
+  then all V layers; ``nl`` counts components), and ``shape_desc`` must say
+  ``kv_size == 1`` with the real ``nh`` (it is not MLA: ``nh`` may exceed 1).
+  Each object is ``[nl, lmcache_chunk_size, nh * hs]`` (LMCache's single-plane
+  chunk), component ``i`` in row block ``i``: byte-identical to LMCache's torch
+  baseline (``_transfer_per_layer_fused``). MLA formats need ``nh == 1``.
 - Every object is ``[kv_size, nl, lmcache_chunk_size, nh * hs]``; object ``i``
   holds blocks ``block_ids[i * bpo : (i + 1) * bpo]`` with
   ``bpo = lmcache_chunk_size / bs``. The last object may be partly filled.

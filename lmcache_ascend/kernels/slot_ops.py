@@ -10,13 +10,18 @@ Contracts (same names, arguments and semantics as ``lmcache.cuda_ops``):
     K and V as separate planes (the ``KV_2LTD`` object every other format
     produces) and ``kv = 1`` keeps each head's ``[K | V]`` slice together, as
     upstream's CUDA kernel does; ``head_size`` is then the size of K alone.
+    Format 18 (one K or V component per buffer) takes kv = 1 with
+    ``H = NH * HS`` and ``L`` = the number of component buffers. Upstream's
+    torch baseline has no working slot path for 18 (LMCache moves it only with
+    ``multi_layer_block_kv_transfer``); this is the same addressing.
 ``multi_layer_kv_transfer_unilateral``
-    SGLang MHA: ``2 * L`` buffers ``[PBS, H]`` (K layers, then V layers). MLA
-    formats go through ``multi_layer_kv_transfer``.
+    SGLang MHA: ``2 * L`` buffers ``[PBS, H]`` (K layers, then V layers).
+    Single-plane formats (MLA, 18) go through ``multi_layer_kv_transfer``.
 ``single_layer_kv_transfer``
     One layer: ``lmc_key_value_cache`` ``[T, 2, H]`` (``token_major``, the
-    layerwise ``KV_T2D`` object), ``[2, T, H]``, or ``[T, H]`` for MLA <-> one
-    layer's paged tensor (a ``(K, V)`` tuple for format 16).
+    layerwise ``KV_T2D`` object), ``[2, T, H]``, or ``[T, H]`` for single-plane
+    formats (MLA; 18 with ``H = NH * HS``) <-> one layer's paged tensor (a
+    ``(K, V)`` tuple for format 16).
 ``single_layer_kv_transfer_sgl``
     One SGLang layer: separate K and V caches ``[NB, BS, NH, HS]`` or
     ``[PBS, NH, HS]``.
@@ -141,7 +146,9 @@ def multi_layer_kv_transfer_unilateral(
     engine_kv_format,
 ):
     spec = check_format(engine_kv_format)
-    fmt = KVFormat.TWO_X_NL_X_NBBS_NH_HS if not spec.mla else spec.fmt
+    # Only the two-plane SGLang MHA pool is "unilateral" (K and V buffers per
+    # layer); single-plane formats (MLA, 18) already address like the plain op.
+    fmt = spec.fmt if spec.kv_size == 1 else KVFormat.TWO_X_NL_X_NBBS_NH_HS
     multi_layer_kv_transfer(
         key_value, key_value_ptrs, slot_mapping, paged_memory_device, page_buffer_size, direction, fmt
     )

@@ -64,10 +64,15 @@ def test_hnd_cache_exposed_as_nhd_view_is_read_physically() -> None:
     assert physical_view(describe(views[0])).shape == (2, NB, NH, BS, HS)
 
 
+UNIFIED = {"kv_list_layout": "unified"}
 SGLANG_CASES = [
     ("MHA", lambda: [_layers((NB * BS, NH, HS)), _layers((NB * BS, NH, HS))], {}, KVFormat.TWO_X_NL_X_NBBS_NH_HS),
     ("MHA paged", lambda: [_layers((NB, BS, NH, HS)), _layers((NB, BS, NH, HS))], {}, KVFormat.TWO_X_NL_X_NB_BS_NH_HS),
     ("MLA", lambda: _layers((NB * BS, 1, 576)), {}, KVFormat.NL_X_NBBS_ONE_HS),
+    # MP registration: one flat list, all K components then all V components.
+    ("unified MHA", lambda: _layers((NB, BS, NH, HS)) + _layers((NB, BS, NH, HS)), UNIFIED, KVFormat.NL_X_NB_BS_NH_HS),
+    ("unified MHA NH=1", lambda: _layers((NB, BS, 1, HS)) * 2, UNIFIED, KVFormat.NL_X_NB_BS_NH_HS),
+    ("unified MLA", lambda: _layers((NB, BS, 576)), UNIFIED, KVFormat.NL_X_NB_BS_HS),
 ]
 
 
@@ -77,6 +82,17 @@ def test_sglang_formats_match_upstream_detector(name, make, hints, expected) -> 
     assert detect_kv_layout(kv, "sglang", hints).fmt == expected
     theirs, _ = detect_format(kv, EngineType.SGLANG, hints)
     assert int(theirs) == int(expected)
+
+
+def test_sglang_unified_geometry_counts_components() -> None:
+    kv = _layers((NB, BS, NH, HS)) + _layers((NB, BS, NH, HS))
+    layout = detect_kv_layout(kv, "sglang", UNIFIED)
+    g = layout.geometry
+    assert (g.num_layers, g.num_blocks, g.block_size, g.num_heads, g.head_size) == (2 * NL, NB, BS, NH, HS)
+    assert (layout.kv_size, layout.hidden_dim) == (1, NH * HS)
+    assert layout.buffer_ptrs == [t.data_ptr() for t in kv]
+    with pytest.raises(ValueError, match="unrecognised sglang"):
+        detect_kv_layout([kv], "sglang", UNIFIED)  # nested: not the flat unified list
 
 
 def test_sglang_npu_k_all_v_all_becomes_per_layer_buffers() -> None:

@@ -7,7 +7,7 @@ from lmcache.lmcache_native import EngineKVFormat
 from lmcache.v1.gpu_connector.kv_format import get_spec_class
 
 from lmcache_ascend.core.kv_format import ASCEND_ONLY, FORMATS, KVFormat, format_spec, to_upstream
-from lmcache_ascend.core.planes import KVGeometry, buffer_shape
+from lmcache_ascend.core.planes import KVGeometry, buffer_count, buffer_shape, paged_planes
 
 
 UPSTREAM_KNOWN = [f for f in KVFormat if f not in ASCEND_ONLY]
@@ -46,6 +46,7 @@ def test_layout_facts_match_upstream_spec(fmt: KVFormat) -> None:
     theirs = get_spec_class(to_upstream(fmt))
     assert ours.is_hnd == theirs.is_hnd
     assert ours.mla == theirs.is_mla
+    assert ours.single_kv == theirs.is_single_kv
     assert ours.pbs_fused == theirs.is_pbs_fused
     assert (ours.buffers == "single") == theirs.is_cross_layer
     assert (ours.buffers == "kv_layer") == theirs.is_kv_list
@@ -72,3 +73,17 @@ def test_buffer_shape_matches_upstream_paged_layer_shape(fmt: KVFormat) -> None:
     if fmt == KVFormat.NL_X_TWO_NB_NH_ONE_BS_HS:
         pytest.skip("upstream paged_layer_shape has no view for the RBLN singleton axis")
     assert buffer_shape(spec, g) == tuple(expected)
+
+
+def test_single_kv_is_one_plane_with_real_heads() -> None:
+    """Format 18: one plane per buffer like MLA, but NH heads of HS, not one latent row."""
+    spec = format_spec(KVFormat.NL_X_NB_BS_NH_HS)
+    assert (spec.kv_size, spec.mla, spec.single_kv, spec.buffers) == (1, False, True, "layer")
+    g = KVGeometry(num_layers=6, num_blocks=5, block_size=16, num_heads=4, head_size=8, itemsize=2)
+    assert buffer_shape(spec, g) == (5, 16, 4, 8)
+    assert buffer_count(spec, g) == 6  # one buffer per K or V component
+    assert [p.num_heads for layer in paged_planes(spec, g) for p in layer] == [4] * 6
+    # every other upstream format keeps its own plane count
+    for fmt, other in FORMATS.items():
+        if fmt != KVFormat.NL_X_NB_BS_NH_HS:
+            assert not other.single_kv and other.kv_size == (1 if other.mla else 2), fmt.name

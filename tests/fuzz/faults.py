@@ -58,7 +58,7 @@ def bad_count(minimum: int = 0) -> st.SearchStrategy[object]:
 
 
 BAD_DIRECTIONS: tuple[object, ...] = (2, 3, -1, 2**40, 1.0, "1", None, True, [0])
-BAD_FORMATS: tuple[object, ...] = (99, 14, 18, 19, 102, -1, 2**63, 1.5, "1", None, False, (1,))
+BAD_FORMATS: tuple[object, ...] = (99, 14, 19, 20, 102, -1, 2**63, 1.5, "1", None, False, (1,))
 BAD_DEVICES: tuple[object, ...] = ("bogus", "meta", "cuda:0", None, 3.5, True, ["cpu"], "cpu:x")
 
 

@@ -30,7 +30,7 @@ from tests.fuzz.scalar_faults import direction_faults, format_faults
 from tests.fuzz.test_fuzz_slot_ops import DTYPES, LAYOUTS, generator, geometries
 from tests.kernels.helpers import forms_for, paged_arg
 from tests.kernels.reference import (
-    MLA_FORMATS,
+    SINGLE_PLANE_FORMATS,
     PagedCache,
     assert_cache_equal,
     assert_tensor_equal,
@@ -244,7 +244,7 @@ def block_calls(draw: st.DrawFn) -> BlockCase:
     objects = [random_tensor(object_shape(fmt, g, chunk, fused), dtype, gen) for _ in range(count)]
     form = draw(st.sampled_from(forms_for(fmt)))
     objects_form = draw(st.sampled_from(["ptr", "tensor"]))
-    kv_size = 1 if fmt in MLA_FORMATS or fused else 2
+    kv_size = 1 if fmt in SINGLE_PLANE_FORMATS or fused else 2
     call = Call(
         dict(
             paged_buffer_ptrs_tensor=paged_arg(cache, form),

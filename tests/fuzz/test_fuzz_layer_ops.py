@@ -37,6 +37,7 @@ from tests.fuzz.test_fuzz_slot_ops import DTYPES, generator, geometries, slot_ma
 from tests.kernels.reference import (
     MLA_FORMATS,
     PER_LAYER_FORMATS,
+    SINGLE_PLANE_FORMATS,
     Geom,
     PagedCache,
     assert_cache_equal,
@@ -107,10 +108,10 @@ def single_layer_calls(draw: st.DrawFn) -> LayerCase:
     layer = (random_tensor(shape, dtype, gen), random_tensor(shape, dtype, gen)) if fmt == 16 else random_tensor(shape, dtype, gen)
     cache = layer_cache(fmt, g, layer)
     slots = draw(slot_mappings(g.num_slots))
-    n, mla = slots.numel(), fmt in MLA_FORMATS
+    n, single_plane = slots.numel(), fmt in SINGLE_PLANE_FORMATS
     token_major = draw(st.booleans())
-    row = g.head_size if mla else g.num_heads * g.head_size
-    obj_shape = (n, row) if mla else (n, 2, row) if token_major else (2, n, row)
+    row = g.head_size if fmt in MLA_FORMATS else g.num_heads * g.head_size
+    obj_shape = (n, row) if single_plane else (n, 2, row) if token_major else (2, n, row)
     call = Call(
         dict(
             lmc_key_value_cache=random_tensor(obj_shape, dtype, gen),
@@ -127,13 +128,13 @@ def single_layer_calls(draw: st.DrawFn) -> LayerCase:
         num_slots=g.num_slots,
         num_tokens=n,
         kv_planes_ok=(2,),
-        kv_axis=None if mla else 1 if token_major else 0,
+        kv_axis=None if single_plane else 1 if token_major else 0,
         lone_paged_tensor=fmt != 16,
         object_arg="lmc_key_value_cache",
         paged_arg="vllm_key_value_cache",
     )
     apply_faults(draw, call, SINGLE_LAYER_FAULTS)
-    return LayerCase(call, cache, lambda o: single_layer_object_view(o, mla, token_major))
+    return LayerCase(call, cache, lambda o: single_layer_object_view(o, single_plane, token_major))
 
 
 @FUZZ

@@ -44,8 +44,8 @@ from tests.fuzz.scalar_faults import (
 )
 from tests.kernels.helpers import forms_for, paged_arg
 from tests.kernels.reference import (
-    MLA_FORMATS,
     PACKED_FORMATS,
+    SINGLE_PLANE_FORMATS,
     SLOT_FORMATS,
     Geom,
     PagedCache,
@@ -63,7 +63,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int8)
 # Formats whose block size changes addresses (blocks are not laid end to end).
 BLOCK_MATTERS = frozenset({0, 2, 6, 7, 8, 12})
 # Formats whose paged buffers have the block axis outermost (block_stride_elems applies).
-NB_FIRST = frozenset({0, 2, 3, 7, 8, 9, 12, 13, 16})
+NB_FIRST = frozenset({0, 2, 3, 7, 8, 9, 12, 13, 16, 18})
 
 
 def _skip(call: Call) -> int:
@@ -174,7 +174,7 @@ def multi_layer_calls(draw: st.DrawFn, layouts: list[tuple[int, bool]], unilater
         block_matters=fmt in BLOCK_MATTERS,
         nb_first=fmt in NB_FIRST,
         tight_block_stride=math.prod(buffer_shape(fmt, g)[1:]),
-        kv_planes_ok=(1, 2) if fmt in PACKED_FORMATS else (1,) if fmt in MLA_FORMATS else (2,),
+        kv_planes_ok=(1, 2) if fmt in PACKED_FORMATS else (1,) if fmt in SINGLE_PLANE_FORMATS else (2,),
         object_arg="key_value",
         paged_arg="key_value_ptrs",
     )
@@ -217,7 +217,8 @@ def test_multi_layer_kv_transfer(backend: str, case: SlotCase) -> None:
 
 
 @FUZZ
-@given(case=multi_layer_calls([(4, False), (5, False)], unilateral=True))
+@given(case=multi_layer_calls([(4, False), (5, False), (18, False)], unilateral=True))
 def test_multi_layer_kv_transfer_unilateral(backend: str, case: SlotCase) -> None:
-    """SGLang's op: format 4 (MHA, ``[K layers, V layers]``) or 5 (MLA)."""
+    """SGLang's op: format 4 (MHA, ``[K layers, V layers]``), 5 (MLA) or 18 (one
+    tensor per K or V component), the last two as ``multi_layer_kv_transfer``."""
     _run_and_compare(case, ops.multi_layer_kv_transfer_unilateral)

@@ -11,9 +11,10 @@ Semantics (upstream LMCache ``cuda_ops``):
 - the first ``skip`` tokens are untouched in both directions;
 - store = D2H (1) = paged -> object, load = H2D (0) = object -> paged;
 - memory object ``[kv, L, T, row]``: ``KV_2LTD`` (kv = 2, row = NH * HS),
-  ``KV_MLA_FMT`` (kv = 1, row = HS) and, for the packed formats 12/13, the
-  upstream-CUDA "fused" object (kv = 1, row = NH * 2 * HS, each head's
-  ``[K | V]`` slice copied as is).
+  ``KV_MLA_FMT`` (kv = 1, row = HS), format 18's single-component object
+  (kv = 1, row = NH * HS, "layer" ``l`` = the ``l``-th K or V tensor) and, for
+  the packed formats 12/13, the upstream-CUDA "fused" object (kv = 1,
+  row = NH * 2 * HS, each head's ``[K | V]`` slice copied as is).
 """
 
 from __future__ import annotations
@@ -41,16 +42,21 @@ FORMAT_NAMES: dict[int, str] = {
     12: "NL_X_NB_NH_BS_CS",
     13: "NL_X_NB_BS_NH_CS",
     16: "NL_X_TWO_X_NB_BS_NH_HS",
+    18: "NL_X_NB_BS_NH_HS",
 }
 SLOT_FORMATS: tuple[int, ...] = tuple(FORMAT_NAMES)
 MLA_FORMATS = frozenset({3, 5})
+# One K or V component per tensor ("layers" = components), heads kept: SGLang unified.
+SINGLE_KV_FORMATS = frozenset({18})
+# Formats whose memory object has one plane (kv = 1) without being fused.
+SINGLE_PLANE_FORMATS = MLA_FORMATS | SINGLE_KV_FORMATS
 PACKED_FORMATS = frozenset({12, 13})
 HND_FORMATS = frozenset({6, 7, 8, 12})
 PBS_FORMATS = frozenset({4, 5})
 SINGLE_BUFFER_FORMATS = frozenset({0, 8})
 KV_LAYER_FORMATS = frozenset({4, 9})  # pointers K0..K_{L-1}, V0..V_{L-1}
 LAYER_KV_FORMATS = frozenset({16})  # pointers K0, V0, K1, V1, ...
-PER_LAYER_FORMATS = frozenset({1, 2, 3, 5, 6, 7, 12, 13, 16})
+PER_LAYER_FORMATS = frozenset({1, 2, 3, 5, 6, 7, 12, 13, 16, 18})
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ def buffer_shape(fmt: int, g: Geom) -> tuple[int, ...]:
         4: (nb * bs, nh, hs),
         9: (nb, bs, nh, hs),
         16: (nb, bs, nh, hs),
+        18: (nb, bs, nh, hs),
         12: (nb, nh, bs, 2 * hs),
         13: (nb, bs, nh, 2 * hs),
     }
@@ -96,6 +103,8 @@ def object_shape(fmt: int, g: Geom, num_tokens: int, fused: bool = False) -> tup
     """``[kv, L, T, row]`` memory object for ``fmt``."""
     if fmt in MLA_FORMATS:
         return (1, g.num_layers, num_tokens, g.head_size)
+    if fmt in SINGLE_KV_FORMATS:
+        return (1, g.num_layers, num_tokens, g.num_heads * g.head_size)
     if fused:
         assert fmt in PACKED_FORMATS
         return (1, g.num_layers, num_tokens, g.num_heads * 2 * g.head_size)
@@ -223,6 +232,9 @@ def token_view(cache: PagedCache, layer: int, kv: int, fused: bool = False) -> t
         return d[kv][layer].unflatten(0, (nb, bs))  # type: ignore[index]
     if fmt in (9, 16):
         return d[kv][layer] if fmt == 9 else d[layer][kv]  # type: ignore[index]
+    if fmt == 18:
+        assert kv == 0, "format 18 has one plane per tensor"
+        return d[layer]  # type: ignore[index]
     if fmt in PACKED_FORMATS:
         t = d[layer]  # type: ignore[index]
         if fmt == 12:
@@ -275,9 +287,9 @@ def layer_cache(fmt: int, g: Geom, layer_tensor: object) -> PagedCache:
     return PagedCache(fmt, one, [layer_tensor])
 
 
-def single_layer_object_view(lmc: torch.Tensor, mla: bool, token_major: bool) -> torch.Tensor:
-    """``[kv, 1, T, row]`` view of a single-layer LMCache tensor."""
-    if mla:
+def single_layer_object_view(lmc: torch.Tensor, single_plane: bool, token_major: bool) -> torch.Tensor:
+    """``[kv, 1, T, row]`` view of a single-layer LMCache tensor (``[T, row]`` if ``single_plane``)."""
+    if single_plane:
         return lmc.unsqueeze(0).unsqueeze(0)
     if token_major:
         return lmc.permute(1, 0, 2).unsqueeze(1)

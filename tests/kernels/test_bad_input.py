@@ -205,6 +205,63 @@ def test_multi_layer_block_kv_transfer_rejects(backend: str, case: str, gen: tor
     expect_error(exc, name, cache.storage() + [obj], lambda: ops.multi_layer_block_kv_transfer(**kw))
 
 
+def _single_kv_desc(**changes: Any) -> Any:
+    d = shape_desc(18, 1, G, torch.float16, 2)
+    for k, v in changes.items():
+        setattr(d, k, v)
+    return d
+
+
+# Format 18 (one K or V tensor [NB, BS, NH, HS] each): the paged tensors are
+# authoritative, so a shape_desc that disagrees with them is refused.
+SINGLE_KV_CASES: dict[str, tuple[type[Exception], str, Kw]] = {
+    "nh-fewer-than-tensors": (ValueError, "paged_buffer_ptrs_tensor[0]", dict(shape_desc=_single_kv_desc(nh=1))),
+    "nh-more-than-tensors": (ValueError, "paged_buffer_ptrs_tensor[0]", dict(shape_desc=_single_kv_desc(nh=G.num_heads + 1))),
+    "hs-vs-tensors": (ValueError, "paged_buffer_ptrs_tensor[0]", dict(shape_desc=_single_kv_desc(hs=G.head_size * 2))),
+    "kv-size-2": (ValueError, "shape_desc.kv_size", dict(shape_desc=_single_kv_desc(kv_size=2))),
+    "element-size-vs-tensors": (TypeError, "paged_buffer_ptrs_tensor", dict(shape_desc=_single_kv_desc(element_size=4, dtype=None))),
+    "element-size-vs-dtype": (ValueError, "shape_desc.dtype", dict(shape_desc=_single_kv_desc(element_size=4))),
+    "dtype-vs-tensors": (TypeError, "paged_buffer_ptrs_tensor[0]", dict(shape_desc=_single_kv_desc(dtype=torch.bfloat16))),
+    "one-component-missing": (ValueError, "paged_buffer_ptrs_tensor", dict(paged_buffer_ptrs_tensor="drop-last")),
+    "object-half-a-chunk": (ValueError, "lmcache_objects_ptrs[0]", dict(lmcache_objects_ptrs="short-object")),
+}
+
+
+@pytest.mark.parametrize("case", list(SINGLE_KV_CASES), ids=list(SINGLE_KV_CASES))
+def test_single_kv_block_transfer_rejects(backend: str, case: str, gen: torch.Generator) -> None:
+    exc, name, changes = SINGLE_KV_CASES[case]
+    cache = make_paged(18, G, torch.float16, gen)
+    obj = random_tensor(object_shape(18, G, CHUNK), torch.float16, gen)
+    valid: Kw = dict(
+        paged_buffer_ptrs_tensor=cache.buffers(), lmcache_objects_ptrs=[obj], block_ids=torch.tensor([2, 5]),
+        device="cpu", direction=0, shape_desc=_single_kv_desc(), lmcache_chunk_size=CHUNK, engine_kv_format=18,
+        skip_prefix_n_blocks=0,
+    )
+    kw = {**valid, **changes}
+    if kw["paged_buffer_ptrs_tensor"] == "drop-last":
+        kw["paged_buffer_ptrs_tensor"] = cache.buffers()[:-1]
+    if kw["lmcache_objects_ptrs"] == "short-object":
+        kw["lmcache_objects_ptrs"] = [obj.reshape(-1)[: obj.numel() // 2]]  # dense, but half a chunk
+    expect_error(exc, name, cache.storage() + [obj], lambda: ops.multi_layer_block_kv_transfer(**kw))
+    # without the fault the call goes through: the error above is the fault's alone
+    ops.multi_layer_block_kv_transfer(**valid)
+
+
+def test_single_kv_slot_ops_reject_two_planes(gen: torch.Generator) -> None:
+    """Format 18 objects have one plane; a KV_2LTD object is refused, naming it."""
+    cache = make_paged(18, G, torch.float16, gen)
+    obj = random_tensor((2, G.num_layers, T, G.num_heads * G.head_size), torch.float16, gen)
+    slots = random_slots(T, G.num_slots, gen)
+    for paged in (cache.pointers(), cache.buffers()):
+        expect_error(ValueError, "key_value", cache.storage() + [obj], lambda: ops.multi_layer_kv_transfer(
+            obj, paged, slots, "cpu", G.num_slots, 1, 18, G.block_size, G.head_size,
+        ))
+    lmc = random_tensor((2, T, G.num_heads * G.head_size), torch.float16, gen)
+    expect_error(ValueError, "lmc_key_value_cache", cache.storage() + [lmc], lambda: ops.single_layer_kv_transfer(
+        lmc, cache.buffers()[0], slots, 1, 18,
+    ))
+
+
 def test_block_op_short_paged_pointer_table(gen: torch.Generator) -> None:
     cache = make_paged(1, G, torch.float16, gen)
     obj = random_tensor((2, G.num_layers, CHUNK, G.num_heads * G.head_size), torch.float16, gen)

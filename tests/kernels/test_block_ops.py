@@ -10,13 +10,16 @@ from lmcache_ascend import ops
 from tests.kernels.helpers import DIRECTIONS, DTYPE_IDS, paged_arg, shape_desc
 from tests.kernels.reference import (
     FORMAT_NAMES,
-    MLA_FORMATS,
+    PACKED_FORMATS,
+    SINGLE_PLANE_FORMATS,
     Geom,
     PagedCache,
+    as_bytes,
     assert_cache_equal,
     assert_tensor_equal,
     make_blocks_first,
     make_paged,
+    object_shape,
     random_tensor,
     ref_block_transfer,
 )
@@ -24,10 +27,10 @@ from tests.kernels.reference import (
 G = Geom(num_layers=2, num_blocks=20, block_size=4, num_heads=3, head_size=6)
 CHUNK = 16  # 4 blocks per object
 
-BLOCK_FORMATS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16)
+BLOCK_FORMATS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 18)
 # (format, kv_size): packed 12/13 move fused [K | V] heads (kv_size 1, as upstream MP
 # mode does) or split K and V planes (kv_size 2).
-LAYOUTS = [(f, 1 if f in MLA_FORMATS else 2) for f in BLOCK_FORMATS] + [(12, 1), (12, 2), (13, 1), (13, 2)]
+LAYOUTS = [(f, 1 if f in SINGLE_PLANE_FORMATS else 2) for f in BLOCK_FORMATS] + [(12, 1), (12, 2), (13, 1), (13, 2)]
 LAYOUT_IDS = [f"{f}-{FORMAT_NAMES[f]}-kv{k}" for f, k in LAYOUTS]
 
 # (number of block ids, skip_prefix_n_blocks)
@@ -41,8 +44,9 @@ CASES = {
 
 
 def make_objects(fmt: int, kv_size: int, g: Geom, n: int, dtype: torch.dtype, gen: torch.Generator) -> list[torch.Tensor]:
-    row = g.head_size if fmt in MLA_FORMATS else g.num_heads * g.head_size * (2 if kv_size == 1 and fmt not in MLA_FORMATS else 1)
-    return [random_tensor((kv_size, g.num_layers, CHUNK, row), dtype, gen) for _ in range(n)]
+    shape = object_shape(fmt, g, CHUNK, fused=fmt in PACKED_FORMATS and kv_size == 1)
+    assert shape[0] == kv_size
+    return [random_tensor(shape, dtype, gen) for _ in range(n)]
 
 
 def random_blocks(n: int, g: Geom, gen: torch.Generator) -> torch.Tensor:
@@ -89,15 +93,15 @@ def test_matches_reference(backend: str, layout: tuple[int, int], direction: int
     check_block_op(cache, objects, blocks, direction, desc, skip, fused, objects_as_ptrs=objects_as_ptrs)
 
 
-DTYPE_CASES = [(f, d) for f in (1, 7, 13) for d in (torch.float16, torch.float32, torch.int8)] + [
-    (3, torch.uint8), (5, torch.int8), (3, torch.float32)
+DTYPE_CASES = [(f, d) for f in (1, 7, 13, 18) for d in (torch.float16, torch.float32, torch.int8)] + [
+    (3, torch.uint8), (5, torch.int8), (3, torch.float32), (18, torch.uint8)
 ]
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
 @pytest.mark.parametrize("fmt,dtype", DTYPE_CASES, ids=[f"{FORMAT_NAMES[f]}-{DTYPE_IDS[d]}" for f, d in DTYPE_CASES])
 def test_dtypes(backend: str, fmt: int, dtype: torch.dtype, direction: int, gen: torch.Generator) -> None:
-    kv_size = 1 if fmt in MLA_FORMATS or fmt == 13 else 2
+    kv_size = 1 if fmt in SINGLE_PLANE_FORMATS or fmt == 13 else 2
     cache = make_paged(fmt, G, dtype, gen)
     objects = make_objects(fmt, kv_size, G, 3, dtype, gen)
     blocks = random_blocks(11, G, gen)
@@ -106,9 +110,9 @@ def test_dtypes(backend: str, fmt: int, dtype: torch.dtype, direction: int, gen:
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
-@pytest.mark.parametrize("fmt,form", [(16, "tuples"), (16, "list"), (9, "nested"), (4, "list"), (0, "tensor"), (2, "list")])
+@pytest.mark.parametrize("fmt,form", [(16, "tuples"), (16, "list"), (9, "nested"), (4, "list"), (0, "tensor"), (2, "list"), (18, "list")])
 def test_paged_given_as_tensors(backend: str, fmt: int, form: str, direction: int, gen: torch.Generator) -> None:
-    kv_size = 1 if fmt in MLA_FORMATS else 2
+    kv_size = 1 if fmt in SINGLE_PLANE_FORMATS else 2
     cache = make_paged(fmt, G, torch.float16, gen)
     objects = make_objects(fmt, kv_size, G, 2, torch.float16, gen)
     blocks = random_blocks(7, G, gen)
@@ -186,12 +190,47 @@ def test_objects_are_slices_of_one_buffer(backend: str, direction: int, gen: tor
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
-@pytest.mark.parametrize("fmt,kv_size", [(3, 1), (12, 1), (13, 1)], ids=["NL_X_NB_BS_HS", "NL_X_NB_NH_BS_CS", "NL_X_NB_BS_NH_CS"])
+@pytest.mark.parametrize("fmt,kv_size", [(3, 1), (12, 1), (13, 1), (18, 1)], ids=[FORMAT_NAMES[f] for f in (3, 12, 13, 18)])
 def test_tight_block_stride_given_explicitly(backend: str, fmt: int, kv_size: int, direction: int, gen: torch.Generator) -> None:
-    """LMCache passes ``stride(0)`` even for a tight cache: it must equal the tight default."""
+    """LMCache passes ``stride(0)`` even for a tight cache (formats 3, 12, 13 and 18
+    are its block-axis formats): it must equal the tight default."""
     cache = make_paged(fmt, G, torch.float16, gen)
     stride = cache.buffers()[0].stride(0)
     objects = make_objects(fmt, kv_size, G, 2, torch.float16, gen)
     blocks = random_blocks(6, G, gen)
     desc = shape_desc(fmt, kv_size, G, torch.float16, 2, block_stride=stride)
     check_block_op(cache, objects, blocks, direction, desc, 1, fmt != 3)
+
+
+# Format 18 (SGLang unified): NL counts K and V component tensors, so it is even
+# for a real pool; odd NL and NH = 1 (tensor parallelism) must work all the same.
+SINGLE_KV_GEOMS = {
+    "NL4-NH3": Geom(num_layers=4, num_blocks=11, block_size=4, num_heads=3, head_size=6),
+    "NL2-NH1": Geom(num_layers=2, num_blocks=9, block_size=8, num_heads=1, head_size=16),
+    "NL6-NH1-HS1": Geom(num_layers=6, num_blocks=7, block_size=2, num_heads=1, head_size=1),
+    "NL3-NH5-BS1": Geom(num_layers=3, num_blocks=13, block_size=1, num_heads=5, head_size=3),
+}
+# (number of block ids, skip_prefix_n_blocks); the chunk holds 16 tokens.
+SINGLE_KV_CASES = {"partial-last-skip2": (7, 2), "empty": (0, 0), "all-skipped": (5, 5), "one": (1, 0)}
+
+
+@pytest.mark.parametrize("case", list(SINGLE_KV_CASES), ids=list(SINGLE_KV_CASES))
+@pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
+@pytest.mark.parametrize("geom", list(SINGLE_KV_GEOMS), ids=list(SINGLE_KV_GEOMS))
+def test_single_kv_geometries(backend: str, geom: str, direction: int, case: str, gen: torch.Generator) -> None:
+    """Format 18 against the reference, and, independently of it, every block that
+    is not moved (not listed, or skipped) keeps its bytes on a load."""
+    g = SINGLE_KV_GEOMS[geom]
+    n_blocks, skip = SINGLE_KV_CASES[case]
+    n_blocks = min(n_blocks, g.num_blocks)
+    cache = make_paged(18, g, torch.bfloat16, gen)
+    before = [t.clone() for t in cache.buffers()]
+    n_objects = max(1, -(-n_blocks // (CHUNK // g.block_size)))
+    objects = [random_tensor(object_shape(18, g, CHUNK), torch.bfloat16, gen) for _ in range(n_objects)]
+    blocks = random_blocks(n_blocks, g, gen)
+    check_block_op(cache, objects, blocks, direction, shape_desc(18, 1, g, torch.bfloat16, 2), skip, False, paged_form="list")
+    moved = set(blocks[skip:].tolist())
+    for i, (t, b) in enumerate(zip(cache.buffers(), before)):
+        for block in range(g.num_blocks):
+            if direction == 1 or block not in moved:
+                assert torch.equal(as_bytes(t[block]), as_bytes(b[block])), f"component {i} block {block} changed"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from lmcache_ascend import ops
 from tests.kernels.helpers import call_multi_layer, shape_desc
 from tests.kernels.reference import (
-    MLA_FORMATS,
     PACKED_FORMATS,
+    SINGLE_PLANE_FORMATS,
     SLOT_FORMATS,
     Geom,
     as_bytes,
@@ -123,7 +123,7 @@ def test_block_transfer_equals_reference(backend: str, args: tuple[Case, list[in
     case, blocks, chunk = args
     g, fmt = case.geom, case.fmt
     gen = _generator(case.seed)
-    kv_size = 1 if fmt in MLA_FORMATS or case.fused else 2
+    kv_size = 1 if fmt in SINGLE_PLANE_FORMATS or case.fused else 2
     cache = make_paged(fmt, g, case.dtype, gen)
     n_objects = -(-len(blocks) // (chunk // g.block_size))
     objects = [random_tensor(object_shape(fmt, g, chunk, case.fused), case.dtype, gen) for _ in range(n_objects)]

@@ -15,6 +15,7 @@ from tests.kernels.reference import (
     FORMAT_NAMES,
     MLA_FORMATS,
     PER_LAYER_FORMATS,
+    SINGLE_PLANE_FORMATS,
     Geom,
     PagedCache,
     assert_cache_equal,
@@ -42,6 +43,8 @@ def _lmc(fmt: int, num_tokens: int, token_major: bool, dtype: torch.dtype, gen: 
     if fmt in MLA_FORMATS:
         return random_tensor((num_tokens, G.head_size), dtype, gen)
     row = G.num_heads * G.head_size
+    if fmt in SINGLE_PLANE_FORMATS:
+        return random_tensor((num_tokens, row), dtype, gen)
     return random_tensor((num_tokens, 2, row) if token_major else (2, num_tokens, row), dtype, gen)
 
 
@@ -61,7 +64,7 @@ def _check(
 
 
 SINGLE_CASES = [
-    (f, tm) for f in sorted(PER_LAYER_FORMATS) for tm in ((False,) if f in MLA_FORMATS else (False, True))
+    (f, tm) for f in sorted(PER_LAYER_FORMATS) for tm in ((False,) if f in SINGLE_PLANE_FORMATS else (False, True))
 ]
 
 
@@ -75,12 +78,12 @@ def test_single_layer_kv_transfer(backend: str, fmt: int, token_major: bool, dty
     cache = layer_cache(fmt, G, layer)
     lmc = _lmc(fmt, 45, token_major, dtype, gen)
     slots = random_slots(45, G.num_slots, gen, 6)
-    mla = fmt in MLA_FORMATS
+    single_plane = fmt in SINGLE_PLANE_FORMATS
 
     def run() -> None:
         ops.single_layer_kv_transfer(lmc, cache.data[0], slots, direction, ops.EngineKVFormat(fmt), token_major)
 
-    _check(cache, lmc, lambda t: single_layer_object_view(t, mla, token_major), slots, direction, run)
+    _check(cache, lmc, lambda t: single_layer_object_view(t, single_plane, token_major), slots, direction, run)
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))

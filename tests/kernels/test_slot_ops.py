@@ -22,8 +22,8 @@ from tests.kernels.helpers import (
 )
 from tests.kernels.reference import (
     FORMAT_NAMES,
-    MLA_FORMATS,
     PACKED_FORMATS,
+    SINGLE_PLANE_FORMATS,
     SLOT_FORMATS,
     Geom,
     as_bytes,
@@ -75,8 +75,8 @@ def test_matches_reference(backend: str, layout: tuple[int, bool], dtype: torch.
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8], ids=["int8", "uint8"])
-@pytest.mark.parametrize("fmt", sorted(MLA_FORMATS), ids=[FORMAT_NAMES[f] for f in sorted(MLA_FORMATS)])
-def test_mla_integer_dtypes(backend: str, fmt: int, dtype: torch.dtype, direction: int, gen: torch.Generator) -> None:
+@pytest.mark.parametrize("fmt", sorted(SINGLE_PLANE_FORMATS), ids=[FORMAT_NAMES[f] for f in sorted(SINGLE_PLANE_FORMATS)])
+def test_single_plane_integer_dtypes(backend: str, fmt: int, dtype: torch.dtype, direction: int, gen: torch.Generator) -> None:
     cache, obj, slots = _setup(fmt, False, dtype, 37, 5, gen)
     check_against_reference(cache, obj, slots, direction, lambda c, o: call_multi_layer(c, o, slots, direction, skip=2), skip=2)
 
@@ -134,7 +134,9 @@ def test_partial_chunk(backend: str, layout: tuple[int, bool], direction: int, g
 
 # Formats where a token's heads form one contiguous run: head_size is not needed
 # (upstream ignores it), and block_size only where blocks are not laid end to end.
-NO_HEAD_SIZE = [(0, True), (1, False), (2, True), (3, False), (4, False), (5, False), (9, False), (13, False), (16, False)]
+NO_HEAD_SIZE = [
+    (0, True), (1, False), (2, True), (3, False), (4, False), (5, False), (9, False), (13, False), (16, False), (18, False)
+]
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
@@ -174,8 +176,8 @@ def test_unilateral_sglang_mha(backend: str, form: str, direction: int, gen: tor
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
-@pytest.mark.parametrize("fmt", sorted(MLA_FORMATS), ids=[FORMAT_NAMES[f] for f in sorted(MLA_FORMATS)])
-def test_unilateral_mla_goes_through_multi_layer(backend: str, fmt: int, direction: int, gen: torch.Generator) -> None:
+@pytest.mark.parametrize("fmt", sorted(SINGLE_PLANE_FORMATS), ids=[FORMAT_NAMES[f] for f in sorted(SINGLE_PLANE_FORMATS)])
+def test_unilateral_single_plane_goes_through_multi_layer(backend: str, fmt: int, direction: int, gen: torch.Generator) -> None:
     cache, obj, slots = _setup(fmt, False, torch.float16, 50, 7, gen)
 
     def run(c, o) -> None:

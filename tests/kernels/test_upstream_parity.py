@@ -14,6 +14,8 @@ from tests.kernels.helpers import DIRECTIONS, DTYPE_IDS, FLOAT_DTYPES, paged_arg
 from tests.kernels.reference import (
     FORMAT_NAMES,
     MLA_FORMATS,
+    PACKED_FORMATS,
+    SINGLE_PLANE_FORMATS,
     Geom,
     PagedCache,
     assert_cache_equal,
@@ -134,7 +136,7 @@ def test_flash_ops(backend: str, op: str, gen: torch.Generator) -> None:
 
 
 CHUNK = 32  # 4 blocks of 8
-BLOCK_LAYOUTS = [(f, 1 if f in MLA_FORMATS else 2) for f in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16)] + [(12, 1), (13, 1)]
+BLOCK_LAYOUTS = [(f, 1 if f in SINGLE_PLANE_FORMATS else 2) for f in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 18)] + [(12, 1), (13, 1)]
 BLOCK_CASES = {"full": (8, 0), "partial-last-skip3": (10, 3), "skip6-into-second": (11, 6)}
 
 
@@ -145,10 +147,10 @@ def test_multi_layer_block_kv_transfer(backend: str, layout: tuple[int, int], di
     fmt, kv_size = layout
     n_blocks, skip = BLOCK_CASES[case]
     cache = make_paged(fmt, G, torch.bfloat16, gen)
-    row = G.head_size if fmt in MLA_FORMATS else G.num_heads * G.head_size * (3 - kv_size)
     n_objects = -(-n_blocks // (CHUNK // G.block_size))
     # All objects live in one tensor: the state compared is [objects, kv, L, chunk, row].
-    objs = random_tensor((n_objects, kv_size, G.num_layers, CHUNK, row), torch.bfloat16, gen)
+    one = object_shape(fmt, G, CHUNK, fused=fmt in PACKED_FORMATS and kv_size == 1)
+    objs = random_tensor((n_objects, *one), torch.bfloat16, gen)
     blocks = torch.randperm(G.num_blocks, generator=gen)[:n_blocks].clone()
     desc = shape_desc(fmt, kv_size, G, torch.bfloat16, 2)
     form = "tuples" if fmt == 16 else "ptr"  # the baseline takes (K, V) tuples only for 16
