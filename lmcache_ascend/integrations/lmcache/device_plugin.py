@@ -19,6 +19,12 @@ Two details of LMCache 0.5.6 this relies on, each pinned by a test:
 
 On vLLM CPU with AMX, the worker's first short forward needs AMX tile state
 (see ``integrations/vllm/cpu_amx.py``); binding the ops requests it.
+
+When the backend is selected, importing this module also installs
+:mod:`lmcache_ascend.integrations.lmcache.sglang_mp_guard` (SGLang's scheduler loads
+LMCache, hence this module, before it imports LMCache's SGLang connector): the
+connector then survives an unreachable or restarted ``lmcache server`` and
+counts failed transfers. It patches nothing in a process without SGLang.
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ TORCH_MODULE_NAME = "lmcache_ascend_cpu"
 
 if not hasattr(torch, TORCH_MODULE_NAME):
     setattr(torch, TORCH_MODULE_NAME, StubCPUDevice("cpu"))
+
+
+def selected(env: dict[str, str] | None = None) -> bool:
+    return (os.environ if env is None else env).get(BACKEND_ENV, "").strip().lower() == BACKEND_NAME
+
+
+if selected():
+    from lmcache_ascend.integrations.lmcache import sglang_mp_guard
+
+    sglang_mp_guard.install()
 
 
 class AscendCpuDeviceOps(CpuDeviceOps):
@@ -69,4 +85,4 @@ class AscendCpuDeviceSpec(CpuDeviceSpec):
         return AscendCpuDeviceOps
 
     def is_available(self) -> bool:
-        return os.environ.get(BACKEND_ENV, "").strip().lower() == BACKEND_NAME
+        return selected()
