@@ -131,8 +131,11 @@ def running_server(
     l1_gb: float = 1.0,
     shm_name: str | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    port: int | None = None,
+    http_port: int | None = None,
 ) -> Iterator[MPServer]:
-    port, http_port = free_port(), free_port()
+    """Ports default to free ones; pass them to restart a server where clients expect it."""
+    port, http_port = port or free_port(), http_port or free_port()
     cmd = server_command(port, http_port, chunk_size=chunk_size, l1_gb=l1_gb, shm_name=shm_name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:

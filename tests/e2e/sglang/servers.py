@@ -1,0 +1,225 @@
+"""Test and benchmark harness: a real SGLang 0.5.23 server on loopback, and its client.
+
+SGLang's current LMCache route (``--enable-lmcache --lmcache-config-file F``)
+runs ``LMCacheUnifiedRadixCache`` in SGLang's scheduler process, which talks to
+a standalone ``lmcache server`` (LMCache's multi-process mode; started with
+:func:`lmcache_ascend.integrations.lmcache.mp_server.running_server`). With
+``LMCACHE_DEVICE_BACKEND=ascend_cpu`` in both processes, lmcache_ascend's ops
+move the KV: in the server (its shared-memory L1 pool) and in the scheduler
+(LMCache's engine-driven gather/scatter between SGLang's pool and that pool).
+
+:func:`running_sglang` starts ``python -m sglang.launch_server`` in its own
+process group, on CPU (``--device cpu``, ``SGLANG_USE_CPU_ENGINE=1``), with
+``tests/sglang_standin`` on ``PYTHONPATH`` (the stand-in ``sgl_kernel`` CPU ops
+and the torchvision import fix-up: see that directory), waits until
+``/health`` answers, and always stops it by its process id.
+
+This module needs the environment of ``scripts/sglang_env.sh``; nothing in the
+``lmcache_ascend`` package imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmcache_ascend.integrations.lmcache.mp_server import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+STANDIN_DIR = ROOT / "tests" / "sglang_standin"
+READY_TIMEOUT_S = 300.0
+STOP_GRACE_S = 20.0
+# CPU serving as measured in REFERENCE ("SGLang today"): the torch attention
+# backend, no overlap thread, an idle scheduler that sleeps instead of polling.
+CPU_ARGS = (
+    "--device", "cpu", "--attention-backend", "torch_native",
+    "--disable-overlap-schedule", "--sleep-on-idle",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SGLangServer:
+    host: str
+    port: int
+    pid: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Generation:
+    output_ids: list[int]
+    ttft_s: float
+    e2e_s: float
+    cached_tokens: int
+    # Tokens SGLang reports as loaded from its storage tier (LMCache).
+    storage_tokens: int
+
+
+def write_lmcache_config(path: Path, mp_port: int, *, host: str = "127.0.0.1", extra: dict | None = None) -> Path:
+    """The ``--lmcache-config-file`` SGLang hands to LMCache's MP connector."""
+    lines = [f"mp_host: {host}", f"mp_port: {mp_port}"]
+    if extra:
+        lines.append("extra_config:")
+        lines += [f"  {key}: {json.dumps(value)}" for key, value in extra.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sglang_env(backend: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.pop("LMCACHE_DEVICE_BACKEND", None)
+    if backend:
+        env["LMCACHE_DEVICE_BACKEND"] = backend
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STANDIN_DIR), str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("LMCACHE_DISABLE_BANNER", "1")
+    env.setdefault("LMCACHE_TRACK_USAGE", "false")
+    return env
+
+
+def sglang_command(
+    model_dir: Path, port: int, *, lmcache_config: Path | None, max_total_tokens: int = 16384, extra_args: Sequence[str] = ()
+) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server",
+        "--model-path", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+        *CPU_ARGS, "--max-total-tokens", str(max_total_tokens),
+    ]  # fmt: skip
+    if lmcache_config is not None:
+        cmd += ["--enable-lmcache", "--lmcache-config-file", str(lmcache_config)]
+    return cmd + list(extra_args)
+
+
+def wait_healthy(server: SGLangServer, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"SGLang exited with {proc.returncode} before serving; log: {server.log_path}\n{log_tail(server.log_path)}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(server.url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(1.0)
+    raise TimeoutError(f"SGLang not healthy after {timeout_s:.0f} s; log: {server.log_path}\n{log_tail(server.log_path)}")
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM SGLang's process group (launcher, scheduler, detokenizer); SIGKILL if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    # The scheduler and detokenizer are children in the same group: never leave them behind.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+
+
+def start_sglang(
+    model_dir: Path,
+    *,
+    log_path: Path,
+    lmcache_config: Path | None,
+    backend: str | None,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> tuple[subprocess.Popen, SGLangServer]:
+    port = port or free_port()
+    cmd = sglang_command(model_dir, port, lmcache_config=lmcache_config, extra_args=extra_args)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=sglang_env(backend), start_new_session=True, cwd=ROOT
+        )
+    return proc, SGLangServer("127.0.0.1", port, proc.pid, log_path)
+
+
+@contextlib.contextmanager
+def running_sglang(
+    model_dir: Path,
+    *,
+    log_path: Path,
+    lmcache_config: Path | None,
+    backend: str | None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
+) -> Iterator[SGLangServer]:
+    proc, server = start_sglang(model_dir, log_path=log_path, lmcache_config=lmcache_config, backend=backend, extra_args=extra_args)
+    try:
+        wait_healthy(server, proc, ready_timeout_s)
+        yield server
+    finally:
+        stop(proc)
+
+
+def _post(url: str, body: dict | None, timeout_s: float) -> bytes:
+    data = json.dumps(body).encode() if body is not None else b"{}"
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return resp.read()
+
+
+def generate(server: SGLangServer, input_ids: Sequence[int], *, max_new_tokens: int = 8, timeout_s: float = 180.0) -> Generation:
+    """Greedy generation over SGLang's streaming ``/generate``; TTFT is the first streamed chunk."""
+    body = {"input_ids": list(input_ids), "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0}, "stream": True}
+    req = urllib.request.Request(server.url + "/generate", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    ttft, last = None, None
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            last = json.loads(line[len("data:") :])
+    if last is None or ttft is None:
+        raise RuntimeError(f"SGLang streamed no output for a {len(input_ids)}-token prompt")
+    if "error" in last:
+        raise RuntimeError(f"SGLang returned an error: {last['error']}")
+    meta = last["meta_info"]
+    details = meta.get("cached_tokens_details") or {}
+    return Generation(
+        output_ids=list(last["output_ids"]),
+        ttft_s=ttft,
+        e2e_s=time.perf_counter() - start,
+        cached_tokens=int(meta.get("cached_tokens", 0)),
+        storage_tokens=int(details.get("storage", 0)),
+    )
+
+
+def flush_cache(server: SGLangServer, timeout_s: float = 30.0) -> None:
+    """Empty SGLang's own radix cache (not LMCache). SGLang refuses while requests run: retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(urllib.error.HTTPError):
+            _post(server.url + "/flush_cache", None, 10.0)
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"SGLang refused /flush_cache for {timeout_s:.0f} s")
+        time.sleep(0.5)
