@@ -15,9 +15,12 @@ script that starts SGLang, or launch the server with
 ``python -m lmcache_ascend.integrations.sglang.launch_server`` (same arguments
 as ``python -m sglang.launch_server``).
 
-Supported: SGLang whose ``LMCRadixCache`` takes 0.5.3's constructor arguments
-(tested: 0.5.3). Other versions are refused with ``RuntimeError`` naming the
-reason; the upstream facts this relies on are pinned by
+Supported: exactly the tested SGLang versions (0.5.3; :data:`TESTED_VERSIONS`).
+Every other version is refused with ``RuntimeError``: SGLang 0.5.4-0.5.20
+changed the constructor, and 0.5.21+ replaced this cache with
+``LMCacheUnifiedRadixCache``, which talks to ``lmcache server`` and needs no
+hook (lmcache_ascend is the server's device backend there; see the README's
+SGLang section). The upstream facts this relies on are pinned by
 ``tests/integrations/sglang/test_upstream_pins.py``.
 """
 
@@ -49,6 +52,11 @@ EXPECTED_PARAMETERS = (
     "eviction_policy",
 )
 
+MP_ROUTE = (
+    "SGLang 0.5.21+ needs no hook: start `lmcache server` with LMCACHE_DEVICE_BACKEND=ascend_cpu and run "
+    "`python -m sglang.launch_server ... --enable-lmcache --lmcache-config-file F` (README, SGLang section)."
+)
+
 _originals: dict[str, Any] = {}
 
 
@@ -64,9 +72,8 @@ def _target_module() -> Any:
         return importlib.import_module(TARGET_MODULE)
     except ModuleNotFoundError as exc:
         raise RuntimeError(
-            f"SGLang {sglang_version()} has no {TARGET_MODULE} ({exc}); lmcache_ascend supports "
-            f"SGLang's in-process LMCache radix cache (tested: {', '.join(TESTED_VERSIONS)}). Newer SGLang "
-            "drives LMCache's multi-process server instead, which this hook does not cover."
+            f"SGLang {sglang_version()} has no {TARGET_MODULE} ({exc}); this hook is for SGLang's in-process "
+            f"LMCache radix cache (tested: {', '.join(TESTED_VERSIONS)}). {MP_ROUTE}"
         ) from exc
 
 
@@ -82,6 +89,8 @@ def check_supported(cls: type) -> None:
 
 def install() -> None:
     """Replace SGLang's ``LMCRadixCache`` with :class:`.AscendLMCRadixCache` (idempotent)."""
+    if sglang_version() not in TESTED_VERSIONS:
+        raise RuntimeError(f"lmcache_ascend's in-process SGLang hook supports SGLang {', '.join(TESTED_VERSIONS)}, not {sglang_version()}. {MP_ROUTE}")
     module = _target_module()
     if TARGET_NAME in _originals:
         return
@@ -93,8 +102,6 @@ def install() -> None:
         raise RuntimeError(f"{TARGET_MODULE}.{TARGET_NAME} was replaced by someone else before lmcache_ascend")
     _originals[TARGET_NAME] = original
     setattr(module, TARGET_NAME, AscendLMCRadixCache)
-    if sglang_version() not in TESTED_VERSIONS:
-        logger.warning("lmcache_ascend: SGLang %s is untested (tested: %s)", sglang_version(), TESTED_VERSIONS)
     logger.info("lmcache_ascend: SGLang --enable-lmcache uses AscendLMCRadixCache on NPU and CPU KV pools")
 
 

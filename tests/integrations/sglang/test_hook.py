@@ -56,7 +56,15 @@ def test_other_sglang_constructors_are_refused() -> None:
 
 def test_sglang_without_the_module_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hook, "TARGET_MODULE", "sglang.srt.mem_cache.storage.lmcache.no_such_module")
-    with pytest.raises(RuntimeError, match="multi-process server"):
+    with pytest.raises(RuntimeError, match="needs no hook.*--enable-lmcache --lmcache-config-file"):
+        hook.install()
+    assert not hook.installed()
+
+
+@pytest.mark.parametrize("version", ["0.5.4", "0.5.20", "0.5.23"])
+def test_untested_sglang_versions_are_refused_with_the_route_to_use(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    monkeypatch.setattr(hook, "sglang_version", lambda: version)
+    with pytest.raises(RuntimeError, match=rf"supports SGLang 0\.5\.3, not {version}\. SGLang 0\.5\.21\+ needs no hook"):
         hook.install()
     assert not hook.installed()
 
