@@ -16,10 +16,16 @@ What upstream does on its own, measured with SGLang 0.5.23 and LMCache 0.5.6:
   fails from then on ("non-GPU context not registered"), logged, not counted.
 
 What the patched class does instead (methods wrapped in place on the class,
-each name in :data:`PATCHED`, pinned by ``tests/integrations/sglang_mp``):
+each name in :data:`PATCHED`, pinned by ``tests/integrations/lmcache/
+test_sglang_mp_guard.py``):
 
 - start-up: the first RPC (chunk size) waits at most ``connect_timeout_s``,
   then fails with an error naming the server address and the config keys;
+- start-up: a host (CPU) pool whose tensors differ in shape or dtype (DSA
+  indexers next to MLA latents, V heads narrower than K) is refused naming the
+  SGLang pool class (:func:`check_registrable`); LMCache's engine-driven
+  transfer moves one group of like tensors and would refuse it anyway, with
+  a message that names neither the pool nor the tensors;
 - a health thread pings the server every ``ping_interval_s``. While a ping
   fails, lookups return a miss at once and stores are skipped: SGLang
   recomputes, no request waits. A lookup in flight longer than
@@ -54,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 TARGET_MODULE = "lmcache.integration.sglang.unified_lmcache_mp_connector"
 TARGET_CLASS = "UnifiedLMCacheMPConnector"
-PATCHED = ("_get_chunk_size", "submit_lookup", "poll_lookup", "submit_store", "complete_load", "complete_store", "close")
+PATCHED = ("_get_chunk_size", "register_kv_cache", "submit_lookup", "poll_lookup", "submit_store", "complete_load", "complete_store", "close")
 _MARK = "_lmcache_ascend_guarded"
 _STATE = "_lmcache_ascend_guard"
 
@@ -210,6 +216,7 @@ def apply(module: ModuleType) -> bool:
         return False
     lookup_op = module.LMCacheLookupOperation
     _wrap(cls, "_get_chunk_size", lambda orig: _get_chunk_size)
+    _wrap(cls, "register_kv_cache", _register_kv_cache)
     _wrap(cls, "submit_lookup", lambda orig: _submit_lookup(orig, lookup_op))
     _wrap(cls, "poll_lookup", _poll_lookup)
     _wrap(cls, "submit_store", _submit_store)
@@ -229,6 +236,33 @@ def _get_chunk_size(self: Any) -> int:
             f"lmcache server {self.server_url} did not answer within {timeout:g} s: start `lmcache server` there "
             f"first, or fix mp_host/mp_port in --lmcache-config-file ({GuardSettings.ENV['connect_timeout_s']} sets this wait)"
         ) from exc
+
+
+def check_registrable(conn: Any) -> None:
+    """Refuse, naming the SGLang pool, host KV that LMCache's engine-driven transfer cannot move.
+
+    ``_engine_group_info_specs`` has one entry per group of like tensors (shape
+    after the block axis, dtype): engine-driven transfer moves exactly one.
+    """
+    specs = conn._engine_group_info_specs
+    tensors = list(conn._kv_caches.values())
+    if len(specs) <= 1 or not tensors or tensors[0].device.type != "cpu":
+        return
+    pool = conn._sglang_kv_adapter.token_to_kv_pool_allocator.get_kvcache()
+    kinds = sorted({f"{list(t.shape[1:])} {str(t.dtype).removeprefix('torch.')}" for t in tensors})
+    raise ValueError(
+        f"SGLang's {type(pool).__name__} cannot use LMCache on host memory: its KV tensors come in "
+        f"{len(specs)} kinds ({'; '.join(kinds)}) and LMCache's engine-driven transfer moves one kind "
+        "per pool. Start SGLang without --enable-lmcache for this model."
+    )
+
+
+def _register_kv_cache(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def register_kv_cache(self: Any) -> None:
+        check_registrable(self)
+        orig(self)
+
+    return register_kv_cache
 
 
 def _submit_lookup(orig: Callable[..., Any], lookup_op: type) -> Callable[..., Any]:

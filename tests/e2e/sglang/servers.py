@@ -223,3 +223,18 @@ def flush_cache(server: SGLangServer, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"SGLang refused /flush_cache for {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def guard_counters(server: SGLangServer) -> dict[str, float]:
+    """lmcache_ascend's transfer counters from SGLang's ``/metrics`` (needs ``--enable-metrics``)."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    prefix, suffix = "lmcache_ascend_sglang_", "_total"
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            name, _, value = line.partition(" ")
+            out[name[len(prefix) :].removesuffix(suffix)] = float(value)
+    if not out:
+        raise RuntimeError("SGLang's /metrics has no lmcache_ascend counters: is LMCACHE_DEVICE_BACKEND=ascend_cpu set?")
+    return out

@@ -26,6 +26,7 @@ from tests.e2e.sglang.conftest import CHUNK, MAX_NEW_TOKENS, PROMPT_TOKENS, PROM
 WHOLE_CHUNKS = PROMPT_TOKENS // CHUNK
 # LMCache's MP connector waits this long for a server RPC (default 300 s).
 CONFIG_EXTRA = {"lmcache.mp.mq_timeout": 10}
+METRICS = ("--enable-metrics",)  # SGLang's /metrics, where lmcache_ascend's counters appear
 
 
 def whole_chunks_but_one(tokens: int) -> bool:
@@ -40,13 +41,15 @@ def test_flush_then_same_prompt_and_restart_load_from_lmcache(
         config = servers.write_lmcache_config(tmp_path / "lmcache.yaml", lmc.port, extra=CONFIG_EXTRA)
         log = tmp_path / "sglang-1.log"
         sglang_log_clean.append(log)
-        with servers.running_sglang(sglang_model, log_path=log, lmcache_config=config, backend=BACKEND_NAME) as sg:
+        with servers.running_sglang(sglang_model, log_path=log, lmcache_config=config, backend=BACKEND_NAME, extra_args=METRICS) as sg:
             cold = servers.generate(sg, PROMPTS.full, max_new_tokens=MAX_NEW_TOKENS)
             servers.flush_cache(sg)
             warm = servers.generate(sg, PROMPTS.full, max_new_tokens=MAX_NEW_TOKENS)
             # A prompt sharing only its first half: the shared whole chunks hit.
             servers.flush_cache(sg)
             half = servers.generate(sg, PROMPTS.half_shared, max_new_tokens=MAX_NEW_TOKENS)
+            counters = servers.guard_counters(sg)
+        assert not any(counters.values()), f"failed or skipped LMCache transfers: {counters}"
         assert "mode=SHM" in log.read_text(), "KV must travel through the server's shared memory, not pickled"
         assert cold.storage_tokens == 0
         assert whole_chunks_but_one(warm.storage_tokens), warm
@@ -72,7 +75,7 @@ def test_lmcache_server_killed_then_back(sglang_model: Path, expected_outputs: d
     server_args = {"backend": BACKEND_NAME, "shm_name": shm_name, "port": ports[0], "http_port": ports[1]}
     with contextlib.ExitStack() as stack:
         lmc = stack.enter_context(running_server(log_path=tmp_path / "lmcache-1.log", **server_args))
-        sg = stack.enter_context(servers.running_sglang(sglang_model, log_path=log, lmcache_config=config, backend=BACKEND_NAME))
+        sg = stack.enter_context(servers.running_sglang(sglang_model, log_path=log, lmcache_config=config, backend=BACKEND_NAME, extra_args=METRICS))
         servers.generate(sg, PROMPTS.full, max_new_tokens=MAX_NEW_TOKENS)
         os.killpg(lmc.pid, signal.SIGKILL)  # its context's stop() is then a no-op
         # A prompt LMCache holds (its load can no longer happen) and a new one: both answered, recomputed.
@@ -80,8 +83,10 @@ def test_lmcache_server_killed_then_back(sglang_model: Path, expected_outputs: d
         start = time.monotonic()
         gone = [servers.generate(sg, ids, max_new_tokens=MAX_NEW_TOKENS, timeout_s=60) for ids in (PROMPTS.full, PROMPTS.other)]
         waited = time.monotonic() - start
+        while_gone = servers.guard_counters(sg)
         with running_server(log_path=tmp_path / "lmcache-2.log", **server_args):
             back = _until_hit(sg, PROMPTS.after_restart, deadline_s=90)
+            after = servers.guard_counters(sg)
     assert [g.output_ids for g in gone] == [expected_outputs["full"], expected_outputs["other"]]
     assert all(g.storage_tokens == 0 for g in gone)
     assert waited < 60, f"two requests without a server took {waited:.0f} s"
@@ -89,6 +94,10 @@ def test_lmcache_server_killed_then_back(sglang_model: Path, expected_outputs: d
     assert back.output_ids == expected_outputs["after_restart"]
     text = log.read_text(errors="replace")
     assert "is unreachable" in text and "re-registered" in text
+    # Counted where an operator looks (SGLang's /metrics): the misses while gone, the re-registration.
+    assert while_gone["lookups_timed_out"] + while_gone["lookups_skipped"] >= 2, while_gone
+    assert while_gone["stores_skipped"] >= 1, while_gone
+    assert after["reregistrations"] >= 1, after
 
 
 def _until_hit(sg: servers.SGLangServer, ids: list[int], deadline_s: float) -> servers.Generation:

@@ -211,3 +211,20 @@ def test_selecting_the_backend_patches_the_connector_on_import(backend: str, pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(patched), out.stderr[-2000:]
+
+
+def test_host_pool_with_two_kinds_of_tensor_is_refused_before_registering(patched_cls: type) -> None:
+    import torch
+
+    c = patched_cls.__new__(patched_cls)
+    pool_cls = type("DSATokenToKVPool", (), {})
+    allocator = types.SimpleNamespace(get_kvcache=lambda: pool_cls())
+    c.__dict__.update(
+        _engine_group_info_specs=[{"layer_indices": (0,)}, {"layer_indices": (1,)}],
+        _kv_caches={"kv_0": torch.zeros(4, 16, 24), "kv_1": torch.zeros(4, 1, 1, 8, dtype=torch.uint8)},
+        _sglang_kv_adapter=types.SimpleNamespace(token_to_kv_pool_allocator=allocator),
+    )
+    with pytest.raises(ValueError, match=r"DSATokenToKVPool cannot use LMCache on host memory.*2 kinds \(\[1, 1, 8\] uint8; \[16, 24\] float32\)"):
+        c.register_kv_cache()  # refused before upstream's registration (which would need a server)
+    c._engine_group_info_specs = c._engine_group_info_specs[:1]
+    guard.check_registrable(c)  # one kind: accepted

@@ -51,7 +51,9 @@ def assign_req_to_token_pool_cpu(
     offset = 0
     for row, start, end in zip(rows, starts, ends, strict=True):
         n = end - start
-        if n < 0 or end > pool_len:
+        if not 0 <= row < req_to_token.shape[0]:
+            raise ValueError(f"request row {row} is outside req_to_token's {req_to_token.shape[0]} rows")
+        if not 0 <= start <= end <= pool_len:
             raise ValueError(f"bad token range [{start}, {end}) for a row of {pool_len}")
         if offset + n > out_cache_loc.numel():
             raise ValueError(f"out_cache_loc holds {out_cache_loc.numel()} locations, the ranges need more")
