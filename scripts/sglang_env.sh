@@ -26,28 +26,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LMCACHE_ASCEND_SGLANG_VENV:-$ROOT/.venv-sglang}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.lmcache-ascend-sglang-deps"
+# shellcheck source=scripts/env_common.sh
+. "$ROOT/scripts/env_common.sh"
 TESTS=(tests/integrations/sglang_mp tests/e2e/sglang)
 REQS=(lmcache-runtime.txt dev.txt sglang-mp.txt sglang-mp-nodeps.txt)
 
 log() { printf '\033[1m[sglang_env.sh]\033[0m %s\n' "$*" >&2; }
 
-pip_quiet() {
-  # pip warns about every missing local index entry and about the requirements
-  # --no-deps leaves out on purpose; show everything else, keep pip's status.
-  local out="$VENV/.pip.log" rc=0
-  "$VENV/bin/pip" install -q "$@" >"$out" 2>&1 || rc=$?
-  grep -v -e "^WARNING: Location" -e "which is not installed" -e "but you have" \
-    -e "^ERROR: pip's dependency resolver" "$out" >&2 || true
-  return "$rc"
-}
-
-deps_current() {
-  [ -f "$STAMP" ] || return 1
-  for f in "${REQS[@]/#/$ROOT/requirements/}" "$ROOT/scripts/sglang_env.sh"; do
-    [ "$f" -nt "$STAMP" ] && return 1
-  done
-  return 0
-}
+deps_current() { stamp_current "$STAMP" "${REQS[@]/#/$ROOT/requirements/}" "$ROOT/scripts/sglang_env.sh"; }
 
 install_deps() {
   log "creating $VENV: torch 2.13.0 (CPU), lmcache 0.5.6 and sglang 0.5.23 (--no-deps), their CPU dependencies"
@@ -82,12 +68,7 @@ link_standins() {
 }
 
 native_current() {
-  local so
-  so=$(ls "$ROOT"/lmcache_ascend/_kvcore*.so 2>/dev/null | head -n1) || return 1
-  [ -n "$so" ] && [ -f "$ROOT/lmcache_ascend/_build_info.py" ] || return 1
-  for f in "$ROOT"/csrc/* "$ROOT/setup.py" "$ROOT/pyproject.toml"; do
-    [ "$f" -nt "$so" ] && return 1
-  done
+  core_built "$ROOT" || return 1
   # The entry point `ascend_cpu` must be registered in this environment too.
   "$VENV/bin/python" -c "import lmcache_ascend._kvcore; from importlib.metadata import entry_points as e; \
 assert any(p.name == 'ascend_cpu' for p in e(group='lmcache.device_plugins'))" 2>/dev/null

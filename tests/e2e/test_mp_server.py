@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.integrations.lmcache.device_plugin import BACKEND_NAME
+from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME
 from lmcache_ascend.integrations.lmcache.mp_server import running_server
 from lmcache_ascend.tools.tiny_model import prompt_token_ids
 

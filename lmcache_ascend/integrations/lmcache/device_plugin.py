@@ -37,7 +37,9 @@ from lmcache.v1.platform.devices.cpu import CpuDeviceSpec
 from lmcache.v1.platform.devices.cpu.device_ops import CpuDeviceOps
 from lmcache.v1.platform.devices.cpu.stub_cpu_device import StubCPUDevice
 
-BACKEND_NAME = "ascend_cpu"
+from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND
+
+BACKEND_NAME = ASCEND_CPU_BACKEND
 BACKEND_ENV = "LMCACHE_DEVICE_BACKEND"
 TORCH_MODULE_NAME = "lmcache_ascend_cpu"
 

@@ -9,6 +9,7 @@ from one SGLang server without LMCache, started once per session.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ MAX_NEW_TOKENS = 8
 
 
 def sglang_skip_reason() -> str | None:
+    # The version from package metadata: importing sglang here would fix its is_cpu()
+    # for this process before tests/integrations/sglang_mp sets SGLANG_USE_CPU_ENGINE.
     try:
-        import sglang
-    except ImportError:
+        version = metadata.version("sglang")
+    except metadata.PackageNotFoundError:
         return f"SGLang {SGLANG_VERSION} is not installed here: run `bash scripts/sglang_env.sh`"
-    version = getattr(sglang, "__version__", "?")
     if version != SGLANG_VERSION:
         return f"needs SGLang {SGLANG_VERSION} (found {version}): run `bash scripts/sglang_env.sh`"
     return None

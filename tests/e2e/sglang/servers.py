@@ -69,8 +69,13 @@ class Generation:
     storage_tokens: int
 
 
+# As examples/lmcache_sglang_mp.yaml: one server RPC may wait 10 s (LMCache's default: 300 s).
+MP_EXTRA_CONFIG = {"lmcache.mp.mq_timeout": 10}
+
+
 def write_lmcache_config(path: Path, mp_port: int, *, host: str = "127.0.0.1", extra: dict | None = None) -> Path:
-    """The ``--lmcache-config-file`` SGLang hands to LMCache's MP connector."""
+    """The ``--lmcache-config-file`` SGLang hands to LMCache's MP connector (``extra``: its ``extra_config``)."""
+    extra = MP_EXTRA_CONFIG if extra is None else extra
     lines = [f"mp_host: {host}", f"mp_port: {mp_port}"]
     if extra:
         lines.append("extra_config:")

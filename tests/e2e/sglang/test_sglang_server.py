@@ -17,15 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.integrations.lmcache.device_plugin import BACKEND_NAME
+from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME
 from lmcache_ascend.integrations.lmcache.mp_server import free_port, running_server
 from lmcache_ascend.integrations.lmcache.sglang_mp_guard import GuardSettings
 from tests.e2e.sglang import servers
 from tests.e2e.sglang.conftest import CHUNK, MAX_NEW_TOKENS, PROMPT_TOKENS, PROMPTS
 
 WHOLE_CHUNKS = PROMPT_TOKENS // CHUNK
-# LMCache's MP connector waits this long for a server RPC (default 300 s).
-CONFIG_EXTRA = {"lmcache.mp.mq_timeout": 10}
 METRICS = ("--enable-metrics",)  # SGLang's /metrics, where lmcache_ascend's counters appear
 
 
@@ -38,7 +36,7 @@ def test_flush_then_same_prompt_and_restart_load_from_lmcache(
 ) -> None:
     ports = (free_port(), free_port())
     with running_server(backend=BACKEND_NAME, log_path=tmp_path / "lmcache.log", shm_name=shm_name, port=ports[0], http_port=ports[1]) as lmc:
-        config = servers.write_lmcache_config(tmp_path / "lmcache.yaml", lmc.port, extra=CONFIG_EXTRA)
+        config = servers.write_lmcache_config(tmp_path / "lmcache.yaml", lmc.port)
         log = tmp_path / "sglang-1.log"
         sglang_log_clean.append(log)
         with servers.running_sglang(sglang_model, log_path=log, lmcache_config=config, backend=BACKEND_NAME, extra_args=METRICS) as sg:
@@ -70,7 +68,7 @@ def test_flush_then_same_prompt_and_restart_load_from_lmcache(
 def test_lmcache_server_killed_then_back(sglang_model: Path, expected_outputs: dict[str, list[int]], tmp_path: Path, shm_name: str) -> None:
     """SGLang keeps answering (recomputing) while the server is gone; hits resume once it is back."""
     ports = (free_port(), free_port())
-    config = servers.write_lmcache_config(tmp_path / "lmcache.yaml", ports[0], extra=CONFIG_EXTRA)
+    config = servers.write_lmcache_config(tmp_path / "lmcache.yaml", ports[0])
     log = tmp_path / "sglang.log"
     server_args = {"backend": BACKEND_NAME, "shm_name": shm_name, "port": ports[0], "http_port": ports[1]}
     with contextlib.ExitStack() as stack:
