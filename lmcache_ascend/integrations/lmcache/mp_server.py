@@ -32,6 +32,8 @@ from pathlib import Path
 
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
+SHM_DIR = "/dev/shm"
+SHM_POOL_PREFIX = "lmcache_l1_pool_"  # LMCache 0.5.6 names its L1 pool segment so (--shm-name NAME)
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,7 @@ def running_server(
         yield server
     finally:
         stop(proc)
+        if shm_name:
+            # The server unlinks its L1 pool on a clean exit; a SIGKILL (a fault
+            # test, or the grace period running out) leaves the whole pool in /dev/shm.
+            Path(SHM_DIR, f"{SHM_POOL_PREFIX}{shm_name}").unlink(missing_ok=True)

@@ -129,15 +129,26 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return ""
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM SGLang's process group (launcher, scheduler, detokenizer); SIGKILL if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+    """SIGTERM SGLang's process group (launcher, scheduler, detokenizer); SIGKILL what lingers.
+
+    The whole group gets the grace period, not only the launcher: a scheduler
+    killed while it shuts down leaves its shared-memory files behind.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        proc.poll()  # reap the launcher so the group can empty
+        time.sleep(0.2)
     # The scheduler and detokenizer are children in the same group: never leave them behind.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
