@@ -27,7 +27,10 @@ Prints a table (GB/s per op, direction, format) and the ratios, writes a PNG
 bar chart to ``benchmarks/results/kernels.png``; with ``--json`` the last line
 is one JSON object with ``store_vs_memcpy``, ``load_vs_memcpy``,
 ``store_vs_upstream``, ``load_vs_upstream`` (for the vLLM flash NHD format,
-the layout upstream's baseline supports) and the raw figures.
+the layout upstream's baseline supports), ``min_vs_memcpy`` (the lowest
+ours / memcpy ratio over every format and both directions),
+``vs_memcpy_by_format`` (``{format: {"store": ratio, "load": ratio}}``) and the
+raw figures.
 """
 
 from __future__ import annotations
@@ -285,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
     if a.json and head:
         store, load = results[head]["store"], results[head]["load"]
+        # ours / memcpy of the same bytes, per format and direction.
+        vs_memcpy = {n: {d: r["ours"] / row_memcpy[n] for d, r in per_dir.items()} for n, per_dir in results.items()}
         print_json_last(
             {
+                "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),
+                "vs_memcpy_by_format": vs_memcpy,
                 "format": head,
                 "memcpy_gbps": memcpy,
                 "store_gbps": store["ours"],

@@ -4,7 +4,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "plane_groups.h"
 #include "stream_copy.h"
 #include "thread_pool.h"
 
@@ -17,21 +19,6 @@ constexpr int64_t kParallelThresholdBytes = 256 * 1024;
 // Bytes per task: large enough to amortize scheduling, small enough that two
 // to sixteen threads get balanced work from one 256-token chunk.
 constexpr int64_t kTaskBytes = 128 * 1024;
-
-struct PlaneShape {
-  int64_t row_bytes;
-  bool heads_dense;   // all heads of a token are one contiguous run
-  bool tokens_dense;  // consecutive slots of a block are one contiguous run
-};
-
-PlaneShape shape_of(const PlaneSpec& p) {
-  PlaneShape s;
-  s.row_bytes = p.num_heads * p.head_bytes;
-  s.heads_dense = p.parts == 1 && (p.num_heads == 1 || p.head_stride == p.head_bytes);
-  s.tokens_dense = s.heads_dense && p.token_stride == s.row_bytes &&
-                   p.obj_token_stride == s.row_bytes;
-  return s;
-}
 
 void check_plane(const PlaneSpec& p, int64_t index) {
   auto bad = [&](const char* what) {
@@ -77,8 +64,9 @@ struct Copier {
   }
 };
 
-// Copies tokens [begin, end) of one plane, merging runs of consecutive slots
-// inside one block into a single memcpy when both sides are dense.
+// Copies tokens [begin, end) of one token-dense plane (runs of consecutive
+// slots inside one block are one memcpy) or one plane with split [K | V]
+// heads (parts > 1). Every other plane goes through plane_groups.cpp.
 void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
                       const SlotList& slots, int64_t begin, int64_t end,
                       const Copier& copy_bytes) {
@@ -103,19 +91,11 @@ void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
       t += run;
       continue;
     }
-    if (s.heads_dense) {
-      copy_bytes(paged, obj, s.row_bytes);
-    } else if (p.parts == 1) {
-      for (int64_t h = 0; h < p.num_heads; ++h) {
-        copy_bytes(paged + h * p.head_stride, obj + h * p.head_bytes, p.head_bytes);
-      }
-    } else {
-      const int64_t piece = p.head_bytes / p.parts;
-      for (int64_t h = 0; h < p.num_heads; ++h) {
-        for (int64_t k = 0; k < p.parts; ++k) {
-          copy_bytes(paged + h * p.head_stride + k * piece,
-                     obj + k * p.obj_part_stride + h * piece, piece);
-        }
+    const int64_t piece = p.head_bytes / p.parts;
+    for (int64_t h = 0; h < p.num_heads; ++h) {
+      for (int64_t k = 0; k < p.parts; ++k) {
+        copy_bytes(paged + h * p.head_stride + k * piece,
+                   obj + k * p.obj_part_stride + h * piece, piece);
       }
     }
     ++t;
@@ -140,26 +120,36 @@ void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
   if (slots.data == nullptr) throw std::invalid_argument("slot_mapping is null");
 
   int64_t min_slots = planes[0].num_slots;
-  int64_t max_row = 0;
   for (int64_t i = 0; i < num_planes; ++i) {
     check_plane(planes[i], i);
     min_slots = std::min(min_slots, planes[i].num_slots);
-    max_row = std::max(max_row, shape_of(planes[i]).row_bytes);
   }
   check_slots(slots, begin, min_slots);
 
+  const std::vector<Group> groups = group_planes(planes, num_planes);
+  int64_t max_row = 0;
+  int64_t all_rows = 0;
+  for (const Group& g : groups) {
+    max_row = std::max(max_row, g.row_bytes);
+    all_rows += g.row_bytes;
+  }
   const int64_t tokens = slots.count - begin;
   const int64_t tile = std::max<int64_t>(16, kTaskBytes / std::max<int64_t>(1, max_row));
-  const int64_t tiles_per_plane = (tokens + tile - 1) / tile;
-  const int64_t total_bytes = tokens * max_row * num_planes;
-  const int threads = total_bytes < kParallelThresholdBytes ? 1 : num_threads;
+  const int64_t tiles_per_group = (tokens + tile - 1) / tile;
+  const int64_t num_groups = static_cast<int64_t>(groups.size());
+  const int threads = tokens * all_rows < kParallelThresholdBytes ? 1 : num_threads;
 
   const Copier copier{direction, streaming};
-  parallel_for(num_planes * tiles_per_plane, threads, [&](int64_t task) {
-    const PlaneSpec& p = planes[task / tiles_per_plane];
-    const int64_t t0 = begin + (task % tiles_per_plane) * tile;
+  parallel_for(num_groups * tiles_per_group, threads, [&](int64_t task) {
+    const Group& g = groups[static_cast<size_t>(task / tiles_per_group)];
+    const int64_t t0 = begin + (task % tiles_per_group) * tile;
     const int64_t t1 = std::min(slots.count, t0 + tile);
-    copy_token_range(p, shape_of(p), slots, t0, t1, copier);
+    if (g.legacy) {
+      const PlaneSpec& p = planes[g.first];
+      copy_token_range(p, shape_of(p), slots, t0, t1, copier);
+    } else {
+      copy_group_range(planes, g, slots, t0, t1, direction, streaming);
+    }
     if (streaming) store_fence();
   });
 }

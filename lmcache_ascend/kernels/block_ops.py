@@ -27,13 +27,12 @@ torch baseline in ``lmcache.v1.platform.torch_ops.mp_mem_kernels``:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set
-from lmcache_ascend.core.tensor_desc import describe
 from lmcache_ascend.kernels import dispatch, torch_path
-from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers
+from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers, tuple_geometry
 from lmcache_ascend.kernels.validate import (
     check_block_ids,
     check_device,
@@ -45,14 +44,16 @@ from lmcache_ascend.kernels.validate import (
 )
 
 _DESC_FIELDS = ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems")
+_MISSING = object()
 _DTYPES_BY_SIZE = {1: torch.uint8, 2: torch.float16, 4: torch.float32, 8: torch.float64}
 
 
 def _read_desc(shape_desc: object) -> dict[str, int]:
-    missing = [f for f in _DESC_FIELDS if not hasattr(shape_desc, f)]
+    raw = {f: getattr(shape_desc, f, _MISSING) for f in _DESC_FIELDS}
+    missing = [f for f, v in raw.items() if v is _MISSING]
     if missing:
         fail(TypeError, "shape_desc", f"must be a PageBufferShapeDesc; missing {', '.join(missing)}")
-    desc = {f: check_int(getattr(shape_desc, f), f"shape_desc.{f}") for f in _DESC_FIELDS}
+    desc = {f: check_int(v, f"shape_desc.{f}") for f, v in raw.items()}
     for f in ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size"):
         if desc[f] < 1:
             fail(ValueError, f"shape_desc.{f}", f"must be >= 1, got {desc[f]}")
@@ -95,8 +96,7 @@ def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
 
 
 def _plane_tuple_geometry(arg: object, desc: dict[str, int]) -> KVGeometry:
-    planes = first_plane_tuple(arg, "paged_buffer_ptrs_tensor")
-    g = plane_tuple_geometry([describe(t) for t in planes], desc["nl"])
+    g = tuple_geometry(arg, "paged_buffer_ptrs_tensor", desc["nl"])
     expected = {"kv_size": 1, "nh": 1, "hs": g.head_size, "nb": g.num_blocks, "bs": g.block_size, "element_size": g.itemsize}
     for field, value in expected.items():
         if desc[field] != value:
@@ -104,29 +104,44 @@ def _plane_tuple_geometry(arg: object, desc: dict[str, int]) -> KVGeometry:
     return g
 
 
-def _object_bytes(objects: object, count_needed: int, nbytes: int, device: torch.device) -> list[torch.Tensor]:
-    """Byte views of the first ``count_needed`` objects. Every entry is checked
-    (kind, null or negative address, size) even when the block ids need fewer:
-    a malformed list is refused as a whole, whatever the call moves."""
+def _check_objects(objects: object, count_needed: int, nbytes: int) -> list[torch.Tensor | int]:
+    """The first ``count_needed`` objects (tensors or addresses), checked. Every
+    entry is checked (kind, null or negative address, size) even when the block
+    ids need fewer: a malformed list is refused as a whole, whatever the call moves."""
     if not isinstance(objects, (list, tuple)) or not objects:
         fail(TypeError, "lmcache_objects_ptrs", "must be a non-empty list of pointers or tensors")
     if len(objects) < count_needed:
         fail(ValueError, "lmcache_objects_ptrs", f"has {len(objects)} objects; the block ids need {count_needed}")
-    out = [_one_object(o, f"lmcache_objects_ptrs[{i}]", nbytes, device) for i, o in enumerate(objects)]
-    return out[:count_needed]
+    for i, o in enumerate(objects):
+        _check_object(o, i, nbytes)
+    return list(objects[:count_needed])
 
 
-def _one_object(o: object, name: str, nbytes: int, device: torch.device) -> torch.Tensor:
+def _check_object(o: object, index: int, nbytes: int) -> None:
     if isinstance(o, torch.Tensor):
-        check_tensor(o, name)
+        check_tensor(o, f"lmcache_objects_ptrs[{index}]")
         if o.numel() * o.element_size() < nbytes:
-            fail(ValueError, name, f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
-        return torch_path.byte_view(o)[:nbytes]
+            fail(ValueError, f"lmcache_objects_ptrs[{index}]", f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
+        return
     if isinstance(o, int) and not isinstance(o, bool):
         if o <= 0:
-            fail(ValueError, name, f"is an invalid address {o} (null or negative)")
-        return torch_path.device_bytes(o, nbytes, device)
-    fail(TypeError, name, f"must be an int pointer or a tensor, got {type(o).__name__}")
+            fail(ValueError, f"lmcache_objects_ptrs[{index}]", f"is an invalid address {o} (null or negative)")
+        return
+    fail(TypeError, f"lmcache_objects_ptrs[{index}]", f"must be an int pointer or a tensor, got {type(o).__name__}")
+
+
+def _object_view(o: torch.Tensor | int, nbytes: int, device: torch.device) -> torch.Tensor:
+    """Byte view of a checked object, for the device-generic torch path."""
+    if isinstance(o, torch.Tensor):
+        return torch_path.byte_view(o)[:nbytes]
+    return torch_path.device_bytes(o, nbytes, device)
+
+
+def _host_slots(blocks: torch.Tensor, block_size: int) -> np.ndarray:
+    """Slot ids of every block, built with numpy: after a multi-MiB copy the CPU
+    caches are cold, and each torch op then costs tens of microseconds."""
+    ids = (blocks if blocks.device.type == "cpu" else blocks.cpu()).numpy().astype(np.int64, copy=False)
+    return (ids[:, None] * block_size + np.arange(block_size, dtype=np.int64)).reshape(-1)
 
 
 def multi_layer_block_kv_transfer(
@@ -166,13 +181,23 @@ def multi_layer_block_kv_transfer(
     paged = resolve_buffers(paged_buffer_ptrs_tensor, spec, geometry, dev, dtype, "paged_buffer_ptrs_tensor")
     row_bytes = desc["nh"] * desc["hs"] * desc["element_size"]
     kv_planes = desc["kv_size"]
-    objects = _object_bytes(lmcache_objects_ptrs, num_objects, kv_planes * desc["nl"] * chunk * row_bytes, dev)
+    nbytes = kv_planes * desc["nl"] * chunk * row_bytes
+    objects = _check_objects(lmcache_objects_ptrs, num_objects, nbytes)
     bs = desc["bs"]
-    slot_dev = dev if not paged.is_host else torch.device("cpu")
-    slots = (blocks.to(slot_dev, torch.int64)[:, None] * bs + torch.arange(bs, device=slot_dev)).reshape(-1)
     planes = multi_layer_plane_set(spec, geometry, chunk, fused)
+    host_slots: np.ndarray | None = None
+    device_slots: torch.Tensor | None = None
     for i, obj in enumerate(objects):
         first_block = i * per_object
-        obj_slots = slots[first_block * bs : (first_block + per_object) * bs]
+        span = slice(first_block * bs, (first_block + per_object) * bs)
         obj_skip = min(max(skip - first_block, 0), per_object) * bs
-        dispatch.run(planes, paged, obj, obj_slots, obj_skip, direction)
+        if dispatch.host_backend(paged, obj.device if isinstance(obj, torch.Tensor) else dev):
+            # Host KV and object: addresses and numpy slot ids, no tensor views.
+            host_slots = _host_slots(blocks, bs) if host_slots is None else host_slots
+            ptr = obj.data_ptr() if isinstance(obj, torch.Tensor) else obj
+            dispatch.run_host(planes, paged, ptr, host_slots[span], obj_skip, direction)
+            continue
+        if device_slots is None:
+            slot_dev = dev if not paged.is_host else torch.device("cpu")
+            device_slots = (blocks.to(slot_dev, torch.int64)[:, None] * bs + torch.arange(bs, device=slot_dev)).reshape(-1)
+        dispatch.run(planes, paged, _object_view(obj, nbytes, dev), device_slots[span], obj_skip, direction)

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import os
+
+import numpy as np
 import torch
 
 from lmcache_ascend.core.planes import PlaneSet
@@ -30,14 +32,28 @@ def backend_setting() -> str:
 
 
 def use_host(paged: PagedBuffers, obj: torch.Tensor) -> bool:
+    return host_backend(paged, obj.device)
+
+
+def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
+    """Whether a transfer between ``paged`` and an object on ``obj_device`` runs on the C++ core."""
     setting = backend_setting()
-    on_host = paged.is_host and obj.device.type == "cpu"
+    on_host = paged.is_host and obj_device.type == "cpu"
     if setting == "host" and not on_host:
         raise ValueError(
             f"{BACKEND_ENV}=host but the transfer touches device memory "
-            f"(paged on {paged.device}, object on {obj.device})"
+            f"(paged on {paged.device}, object on {obj_device})"
         )
     return on_host and setting != "torch"
+
+
+def run_host(planes: PlaneSet, paged: PagedBuffers, obj_ptr: int, slots: np.ndarray, skip_prefix: int, direction: int) -> None:
+    """The host branch of :func:`run` for a checked object address and C-contiguous numpy slot ids."""
+    num_tokens = len(slots)
+    if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
+        return
+    table = planes.bind(paged.ptrs, obj_ptr)
+    host.run_planes(table, slots.ctypes.data, slots.itemsize, num_tokens, skip_prefix, direction)
 
 
 def run(

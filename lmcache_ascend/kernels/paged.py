@@ -10,15 +10,17 @@ no bad address or undersized buffer reaches a kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, buffer_bytes, buffer_count, buffer_shape
+from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
+from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides
 from lmcache_ascend.kernels import torch_path
 from lmcache_ascend.kernels.validate import check_tensor, fail
 
@@ -67,6 +69,24 @@ def first_plane_tuple(arg: object, name: str) -> tuple[torch.Tensor, ...]:
     return planes
 
 
+def tuple_geometry(arg: object, name: str, num_layers: int) -> KVGeometry:
+    """Geometry of ``num_layers`` layers shaped like layer 0's plane tuple in ``arg``.
+
+    Computed once per distinct (shapes, dtypes): serving calls this for every chunk.
+    """
+    planes = first_plane_tuple(arg, name)
+    return _tuple_geometry(tuple((tuple(t.shape), t.dtype) for t in planes), num_layers)
+
+
+@functools.lru_cache(maxsize=64)
+def _tuple_geometry(planes: tuple[tuple[tuple[int, ...], torch.dtype], ...], num_layers: int) -> KVGeometry:
+    descs = [
+        TensorDesc(0, shape, contiguous_strides(shape), str(dtype).removeprefix("torch."), dtype.itemsize)
+        for shape, dtype in planes
+    ]
+    return plane_tuple_geometry(descs, num_layers)
+
+
 def _flatten(arg: object) -> list[object]:
     if not isinstance(arg, (list, tuple)):
         return [arg]
@@ -100,17 +120,40 @@ def resolve_buffers(
     # Plane tuples repeat layer 0's per-plane dtypes; plane 0 carries the object's dtype.
     period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
     dtypes = [dtype] + [t.dtype for t in tensors[1:period]]
+    layouts = _dense_layouts(spec, geometry, period)
+    block_stride = geometry.block_stride_elems
+    on_cpu = device.type == "cpu"
+    ptrs = np.empty(len(tensors), dtype=np.int64)
+    # A plane tuple cache has a tensor per plane and layer (64 for DSA-C8 with
+    # 16 layers), checked on every call: the common case (exact shape, dtype,
+    # device and dense strides) is decided with a few attribute reads, and
+    # anything else gets check_tensor's full check and its error message.
     for i, t in enumerate(tensors):
-        check_tensor(
-            t,
-            f"{name}[{i}]",
-            shape=buffer_shape(spec, geometry, i),
-            dtype=dtypes[i % period],
-            device=device,
-            block_stride=geometry.block_stride_elems,
-        )
-    ptrs = np.array([t.data_ptr() for t in tensors], dtype=np.int64)
+        shape, strides = layouts[i % period]
+        if not (
+            isinstance(t, torch.Tensor)
+            and t.dtype == dtypes[i % period]
+            and t.shape == shape
+            and (t.stride() == strides if block_stride else t.is_contiguous())
+            and (t.is_cpu if on_cpu else t.device.type == device.type != "meta")
+        ):
+            check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtypes[i % period], device=device, block_stride=block_stride)
+        ptrs[i] = t.data_ptr()
     return PagedBuffers(spec, geometry, device, ptrs, tensors)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_layouts(spec: FormatSpec, geometry: KVGeometry, period: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """(shape, strides) of a dense buffer ``i`` for ``i < period`` (shapes repeat
+    with that period); the block axis is ``block_stride_elems`` apart when set."""
+    out = []
+    for i in range(period):
+        shape = buffer_shape(spec, geometry, i)
+        strides = contiguous_strides(shape)
+        if geometry.block_stride_elems and shape:
+            strides = (geometry.block_stride_elems, *strides[1:])
+        out.append((shape, strides))
+    return tuple(out)
 
 
 def check_block_stride(spec: FormatSpec, geometry: KVGeometry) -> None:

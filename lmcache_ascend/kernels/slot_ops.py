@@ -39,12 +39,10 @@ import dataclasses
 import torch
 
 from lmcache_ascend.core.kv_format import KVFormat, format_spec
-from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
-from lmcache_ascend.core.tensor_desc import describe
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.kernels import dispatch
 from lmcache_ascend.kernels.geometry import block_size_matters, slot_geometry, tensor_geometry
-from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers
+from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers, tuple_geometry
 from lmcache_ascend.kernels.validate import (
     H2D,
     D2H,
@@ -121,8 +119,7 @@ def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeom
 
 def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
     """Plane tuples: geometry from layer 0's planes, checked against the scalars."""
-    planes = first_plane_tuple(arg, "key_value_ptrs")
-    g = plane_tuple_geometry([describe(t) for t in planes], scalars["num_layers"])
+    g = tuple_geometry(arg, "key_value_ptrs", scalars["num_layers"])
     if scalars["kv_planes"] != 1:
         fail(ValueError, "key_value", f"must be [1, L, T, H] for plane tuples, got {scalars['kv_planes']} K/V planes")
     if g.num_slots != scalars["page_buffer_size"]:
@@ -169,7 +166,7 @@ def single_layer_kv_transfer(
     paged_arg = vllm_key_value_cache
     if spec.buffers == "layer_planes":
         planes = first_plane_tuple([paged_arg], "vllm_key_value_cache")
-        g = plane_tuple_geometry([describe(t) for t in planes], 1)
+        g = tuple_geometry([paged_arg], "vllm_key_value_cache", 1)
         _single_layer(spec, g, list(planes), "vllm_key_value_cache", lmc_key_value_cache, slot_mapping, direction, bool(token_major))
         return
     if spec.buffers == "layer_kv":

@@ -223,10 +223,13 @@ def paged_faults() -> list[Fault]:
                 lone = call.ctx.get("lone_paged_tensor", False)
                 if lone and call.ctx.get("row_changed"):
                     return  # a wider row on both sides may agree again
+                if call.ctx.get("page_buffer_size_changed"):
+                    return  # one more slot on both sides may agree again
                 dim = t.dim() - 1 if lone else draw(st.integers(0, t.dim() - 1))
                 shape = list(t.shape)
                 shape[dim] += 1
                 new = replace_leaf(arg, path, torch.zeros(shape, dtype=t.dtype))
+                call.ctx["paged_shape_changed"] = True
                 # the first buffer defines the geometry the scalars are checked against
                 names |= {call.ctx["object_arg"], "page_buffer_size", "block_size"}
             elif kind == "dtype":

@@ -331,7 +331,11 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     """The bytes of ``t`` in logical element order, as a flat uint8 tensor."""
     if t.numel() == 0:
         return torch.empty(0, dtype=torch.uint8)
-    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+    # A copy with default strides: a dense tensor whose size-1 axes have
+    # unusual strides counts as contiguous, yet cannot be viewed as bytes.
+    flat = torch.empty(t.numel(), dtype=t.dtype)
+    flat.copy_(t.detach().reshape(-1))
+    return flat.view(torch.uint8)
 
 
 def byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

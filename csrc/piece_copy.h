@@ -1,0 +1,87 @@
+// Strided copies of many small fixed-size pieces.
+//
+// Several Ascend layouts move a token as many short runs: 310P NZ keeps a row
+// as 16-element (32-byte bf16) pieces 512 bytes apart, and plane tuples (MLA,
+// DSA) keep a 2-byte scale or a 128-byte rope next to a 1 KiB latent. A
+// variable-length std::memcpy per piece is a library call whose cost dwarfs
+// 32 bytes: copy_pieces() dispatches the piece size to a compile-time
+// constant, so the compiler inlines the moves, and loops over a whole column
+// of pieces (a block run's tokens, or a token's heads) per call.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "stream_copy.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace lmcache_ascend {
+
+// `count` pieces of N bytes: piece i goes from src + i * src_step to
+// dst + i * dst_step. Streaming (NT) requires N % 16 == 0 and a 16-byte
+// aligned dst and dst_step; the caller checks (see copy_pieces()).
+template <int64_t N, bool NT>
+inline void copy_pieces_fixed(char* dst, int64_t dst_step, const char* src,
+                              int64_t src_step, int64_t count) {
+  for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
+#if defined(__SSE2__)
+    if constexpr (NT) {
+      for (int64_t b = 0; b < N; b += 16) {
+        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + b));
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + b), v);
+      }
+      continue;
+    }
+#endif
+    std::memcpy(dst, src, N);
+  }
+}
+
+inline void copy_pieces_any(char* dst, int64_t dst_step, const char* src,
+                            int64_t src_step, int64_t count, int64_t n, bool nt) {
+  for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
+    if (nt) {
+      copy_streaming(dst, src, static_cast<size_t>(n));
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(n));
+    }
+  }
+}
+
+// Dispatches n to a fixed-size loop for the sizes real layouts use (fp16/bf16
+// scale 2, NZ piece 32 (bf16) or 64 (fp32), rope / indexer 128, heads 256 and
+// 512); anything else goes through memcpy / copy_streaming per piece.
+// `streaming` is honoured only where streaming stores are possible (16-byte
+// multiples at 16-byte aligned destinations) or, for other sizes, long enough.
+inline void copy_pieces(char* dst, int64_t dst_step, const char* src, int64_t src_step,
+                        int64_t count, int64_t n, bool streaming) {
+  const bool nt = streaming && n % 16 == 0 && dst_step % 16 == 0 &&
+                  (reinterpret_cast<uintptr_t>(dst) & 15) == 0;
+#define LMCACHE_ASCEND_PIECES(N)                                          \
+  case N:                                                                 \
+    if (nt) {                                                             \
+      copy_pieces_fixed<N, true>(dst, dst_step, src, src_step, count);    \
+    } else {                                                              \
+      copy_pieces_fixed<N, false>(dst, dst_step, src, src_step, count);   \
+    }                                                                     \
+    return;
+  switch (n) {
+    LMCACHE_ASCEND_PIECES(2)
+    LMCACHE_ASCEND_PIECES(4)
+    LMCACHE_ASCEND_PIECES(8)
+    LMCACHE_ASCEND_PIECES(16)
+    LMCACHE_ASCEND_PIECES(32)
+    LMCACHE_ASCEND_PIECES(64)
+    LMCACHE_ASCEND_PIECES(128)
+    LMCACHE_ASCEND_PIECES(256)
+    LMCACHE_ASCEND_PIECES(512)
+    default:
+      copy_pieces_any(dst, dst_step, src, src_step, count, n, streaming && n >= 64);
+  }
+#undef LMCACHE_ASCEND_PIECES
+}
+
+}  // namespace lmcache_ascend

@@ -1,0 +1,50 @@
+// Plane groups: the host kernel for every plane that is neither token-dense
+// nor split into [K | V] parts (see plane_transfer.h for what a plane is).
+//
+// Internal to the C++ core; plane_transfer.cpp validates the table, forms the
+// groups and schedules (group, token range) tasks on the thread pool.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "plane_transfer.h"
+
+namespace lmcache_ascend {
+
+struct PlaneShape {
+  int64_t row_bytes;
+  bool heads_dense;   // all heads of a token are one contiguous run
+  bool tokens_dense;  // consecutive slots of a block are one contiguous run
+};
+
+inline PlaneShape shape_of(const PlaneSpec& p) {
+  PlaneShape s;
+  s.row_bytes = p.num_heads * p.head_bytes;
+  s.heads_dense = p.parts == 1 && (p.num_heads == 1 || p.head_stride == p.head_bytes);
+  s.tokens_dense = s.heads_dense && p.token_stride == s.row_bytes &&
+                   p.obj_token_stride == s.row_bytes;
+  return s;
+}
+
+// Planes the kernel walks together, one block run at a time. Plane tuples
+// (MLA, DSA) and the K / V planes of a token-major object put several planes
+// side by side in one object row; copying them plane by plane writes (or
+// reads) every row in several passes, and a short column (a 2-byte scale)
+// then costs a whole cache line from DRAM per token. A group covers planes
+// whose object columns follow each other, so each row moves in one pass.
+struct Group {
+  int64_t first;
+  int64_t count;
+  int64_t row_bytes;  // object bytes per token over the group's planes
+  bool legacy;        // token-dense or parts > 1: copy_token_range() is best
+};
+
+// Splits a plane table into groups, in table order.
+std::vector<Group> group_planes(const PlaneSpec* planes, int64_t num_planes);
+
+// Copies tokens [begin, end) of a non-legacy group (slots already validated).
+void copy_group_range(const PlaneSpec* planes, const Group& g, const SlotList& slots,
+                      int64_t begin, int64_t end, Direction direction, bool streaming);
+
+}  // namespace lmcache_ascend
