@@ -77,14 +77,6 @@ bool streams_whole_lines(const PieceView* views, int64_t count, const char* obj0
   return true;
 }
 
-// Length of the run of consecutive slots from token t (slot `slot`) inside
-// one block, at most `limit` tokens.
-int64_t slot_run(const SlotList& slots, int64_t t, int64_t slot, int64_t limit) {
-  int64_t run = 1;
-  while (run < limit && slots.at(t + run) == slot + run) ++run;
-  return run;
-}
-
 // Starts loading [p, p + n) into L2. Prefetches never fault.
 inline void prefetch_bytes(const char* p, int64_t n) {
 #if defined(__SSE2__)
@@ -125,16 +117,9 @@ void store_group(const PieceView* views, const Group& g, char* obj0, int64_t obj
   const bool staged = streaming && !nt && obj_stride == g.row_bytes &&
                       g.row_bytes * block_size <= kStageBytes;
   alignas(64) char stage[kStageBytes];
-  int64_t t = begin;
-  while (t < end) {
-    const int64_t slot = slots.at(t);
-    if (slot < 0) {
-      ++t;
-      continue;
-    }
-    const int64_t block = slot / block_size;
-    const int64_t offset = slot % block_size;
-    const int64_t run = slot_run(slots, t, slot, std::min(end - t, block_size - offset));
+  for (SlotRun r = next_run(slots, begin, end, block_size); r.run > 0;
+       r = next_run(slots, r.t + r.run, end, block_size)) {
+    const int64_t t = r.t, block = r.block, offset = r.offset, run = r.run;
     const int64_t next = t + run < end ? slots.at(t + run) : -1;
     // Tokens of the next run that share its block (an upper bound on the run).
     const int64_t ahead = next < 0 ? 0 : std::min(end - t - run, block_size - next % block_size);
@@ -163,7 +148,6 @@ void store_group(const PieceView* views, const Group& g, char* obj0, int64_t obj
     if (staged) {
       copy_streaming(obj0 + t * obj_stride, stage, static_cast<size_t>(run * g.row_bytes));
     }
-    t += run;
   }
 }
 
@@ -177,17 +161,10 @@ void store_group(const PieceView* views, const Group& g, char* obj0, int64_t obj
 void load_group(const PieceView* views, const Group& g, const char* obj0, int64_t obj_stride,
                 int64_t block_size, const SlotList& slots, int64_t begin, int64_t end,
                 bool streaming) {
-  int64_t t = begin;
-  while (t < end) {
-    const int64_t slot = slots.at(t);
-    if (slot < 0) {
-      ++t;
-      continue;
-    }
-    const int64_t block = slot / block_size;
-    const int64_t offset = slot % block_size;
-    const int64_t run = slot_run(slots, t, slot, std::min(end - t, block_size - offset));
-    const char* rows = obj0 + t * obj_stride;
+  for (SlotRun r = next_run(slots, begin, end, block_size); r.run > 0;
+       r = next_run(slots, r.t + r.run, end, block_size)) {
+    const int64_t block = r.block, offset = r.offset, run = r.run;
+    const char* rows = obj0 + r.t * obj_stride;
     for (int64_t k = 0; k < g.count; ++k) {
       const PieceView& v = views[k];
       char* dst = v.paged + block * v.block_stride + offset * v.token_stride;
@@ -203,7 +180,6 @@ void load_group(const PieceView* views, const Group& g, const char* obj0, int64_
                     obj_stride, run, v.piece, streaming);
       }
     }
-    t += run;
   }
 }
 

@@ -5,6 +5,7 @@
 // groups and schedules (group, token range) tasks on the thread pool.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -25,6 +26,28 @@ inline PlaneShape shape_of(const PlaneSpec& p) {
   s.tokens_dense = s.heads_dense && p.token_stride == s.row_bytes &&
                    p.obj_token_stride == s.row_bytes;
   return s;
+}
+
+// One run of tokens [t, t + run) whose slots are consecutive inside one block:
+// slot of token t + u = block * block_size + offset + u. run == 0: no token left.
+struct SlotRun {
+  int64_t t;
+  int64_t block;
+  int64_t offset;
+  int64_t run;
+};
+
+// The first run at or after token t (tokens with slot < 0 are skipped), ending
+// before token `end` and at the end of its block.
+inline SlotRun next_run(const SlotList& slots, int64_t t, int64_t end, int64_t block_size) {
+  while (t < end && slots.at(t) < 0) ++t;
+  if (t >= end) return {t, 0, 0, 0};
+  const int64_t slot = slots.at(t);
+  const int64_t offset = slot % block_size;
+  const int64_t limit = std::min(end - t, block_size - offset);
+  int64_t run = 1;
+  while (run < limit && slots.at(t + run) == slot + run) ++run;
+  return {t, slot / block_size, offset, run};
 }
 
 // Planes the kernel walks together, one block run at a time. Plane tuples

@@ -72,33 +72,23 @@ void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
                       const Copier& copy_bytes) {
   char* const paged_base = reinterpret_cast<char*>(p.paged_base);
   char* const obj_base = reinterpret_cast<char*>(p.obj_base);
-  int64_t t = begin;
-  while (t < end) {
-    const int64_t slot = slots.at(t);
-    if (slot < 0) {
-      ++t;
-      continue;
-    }
-    const int64_t block = slot / p.block_size;
-    const int64_t offset = slot % p.block_size;
-    char* paged = paged_base + block * p.block_stride + offset * p.token_stride;
-    char* obj = obj_base + t * p.obj_token_stride;
+  const int64_t piece = p.head_bytes / p.parts;
+  for (SlotRun r = next_run(slots, begin, end, p.block_size); r.run > 0;
+       r = next_run(slots, r.t + r.run, end, p.block_size)) {
+    char* paged = paged_base + r.block * p.block_stride + r.offset * p.token_stride;
+    char* obj = obj_base + r.t * p.obj_token_stride;
     if (s.tokens_dense) {
-      int64_t run = 1;
-      const int64_t room = std::min(end - t, p.block_size - offset);
-      while (run < room && slots.at(t + run) == slot + run) ++run;
-      copy_bytes(paged, obj, run * s.row_bytes);
-      t += run;
+      copy_bytes(paged, obj, r.run * s.row_bytes);
       continue;
     }
-    const int64_t piece = p.head_bytes / p.parts;
-    for (int64_t h = 0; h < p.num_heads; ++h) {
-      for (int64_t k = 0; k < p.parts; ++k) {
-        copy_bytes(paged + h * p.head_stride + k * piece,
-                   obj + k * p.obj_part_stride + h * piece, piece);
+    for (int64_t u = 0; u < r.run; ++u, paged += p.token_stride, obj += p.obj_token_stride) {
+      for (int64_t h = 0; h < p.num_heads; ++h) {
+        for (int64_t k = 0; k < p.parts; ++k) {
+          copy_bytes(paged + h * p.head_stride + k * piece,
+                     obj + k * p.obj_part_stride + h * piece, piece);
+        }
       }
     }
-    ++t;
   }
 }
 
