@@ -35,3 +35,12 @@ core_built() {
   done
   return 0
 }
+
+# run_pytest ARGS...: exec $VENV's pytest in the current directory; without a
+# test path among ARGS, the paths in the array TESTS go first.
+run_pytest() {
+  local arg has_path=0
+  for arg in "$@"; do [ -e "${arg%%::*}" ] && has_path=1; done
+  if [ "$has_path" -eq 0 ]; then set -- "${TESTS[@]}" "$@"; fi
+  exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+}

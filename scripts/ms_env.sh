@@ -81,14 +81,6 @@ cmd="${1:-test}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  test)
-    setup
-    cd "$SRC"
-    # Without a test path among the arguments, run the MindSpore tests.
-    has_path=0
-    for arg in "$@"; do [ -e "${arg%%::*}" ] && has_path=1; done
-    if [ "$has_path" -eq 0 ]; then set -- "${TESTS[@]}" "$@"; fi
-    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
-    ;;
+  test) setup; cd "$SRC" && run_pytest "$@" ;;
   *) echo "usage: bash scripts/ms_env.sh {test|setup} [pytest args...]" >&2; exit 2 ;;
 esac

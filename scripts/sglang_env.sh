@@ -88,13 +88,6 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   run) setup; cd "$ROOT" && PATH="$VENV/bin:$PATH" exec "$@" ;;
-  test)
-    setup
-    cd "$ROOT"
-    has_path=0
-    for arg in "$@"; do [ -e "${arg%%::*}" ] && has_path=1; done
-    if [ "$has_path" -eq 0 ]; then set -- "${TESTS[@]}" "$@"; fi
-    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
-    ;;
+  test) setup; cd "$ROOT" && run_pytest "$@" ;;
   *) echo "usage: bash scripts/sglang_env.sh {test|setup|run} [args...]" >&2; exit 2 ;;
 esac
