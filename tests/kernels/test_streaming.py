@@ -21,21 +21,23 @@ from tests.kernels.reference import (
     random_tensor,
 )
 
-WIDE = Geom(num_layers=2, num_blocks=6, block_size=16, num_heads=2, head_size=130)
+# fp16 heads: 130 elements (260 bytes, mostly unaligned destinations), and
+# 32 / 128 elements (64 / 256 bytes: whole cache lines, streamed piece by piece).
+GEOMS = {
+    "260B": Geom(num_layers=2, num_blocks=6, block_size=16, num_heads=2, head_size=130),
+    "64B": Geom(num_layers=2, num_blocks=6, block_size=16, num_heads=3, head_size=32),
+    "256B": Geom(num_layers=2, num_blocks=6, block_size=16, num_heads=3, head_size=128),
+}
 
 
-@pytest.fixture
-def streaming(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LMCACHE_ASCEND_KERNEL_BACKEND", "host")
-    monkeypatch.setenv(host.STREAMING_ENV, "on")
-
-
+@pytest.mark.parametrize("head", list(GEOMS))
 @pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
 @pytest.mark.parametrize("fmt", SLOT_FORMATS, ids=[f"{f}-{FORMAT_NAMES[f]}" for f in SLOT_FORMATS])
-def test_streaming_matches_reference(streaming, fmt: int, direction: int, gen: torch.Generator) -> None:
-    cache = make_paged(fmt, WIDE, torch.float16, gen)
-    obj = random_tensor(object_shape(fmt, WIDE, 45), torch.float16, gen)
-    slots = random_slots(45, WIDE.num_slots, gen, 4)
+def test_streaming_matches_reference(streaming, fmt: int, direction: int, head: str, gen: torch.Generator) -> None:
+    g = GEOMS[head]
+    cache = make_paged(fmt, g, torch.float16, gen)
+    obj = random_tensor(object_shape(fmt, g, 45), torch.float16, gen)
+    slots = random_slots(45, g.num_slots, gen, 4)
     check_against_reference(cache, obj, slots, direction, lambda c, o: call_multi_layer(c, o, slots, direction, skip=3), skip=3)
 
 

@@ -1,7 +1,7 @@
 """Streaming stores on the layouts whose pieces the host core copies in fixed-size
-loops: heads of whole cache lines (64 and 256 bytes, streamed piece by piece),
-plane tuples (MLA / DSA rows, 64-byte aligned or not) and 310P NZ (32-byte
-pieces), against the independent references, with -1 slots and a skipped prefix.
+loops: heads of whole cache lines in an object off a line boundary (the aligned
+case is in test_streaming.py), plane tuples (MLA / DSA rows, 64-byte aligned or
+not) and 310P NZ (32-byte pieces), against the independent references, with -1 slots and a skipped prefix.
 
 Transfers below 4 MiB use ordinary stores unless streaming is forced, so the
 other kernel tests never reach these paths.
@@ -15,11 +15,8 @@ import pytest
 import torch
 
 from lmcache_ascend import ops
-from lmcache_ascend.kernels import host
 from tests.kernels.helpers import DIRECTIONS, call_multi_layer, check_against_reference
 from tests.kernels.reference import (
-    FORMAT_NAMES,
-    SLOT_FORMATS,
     Geom,
     make_paged,
     object_shape,
@@ -39,25 +36,6 @@ from tests.kernels.test_ascend_layouts import NZ_FORMATS, NZ_IDS, check, plane_d
 
 CPU = torch.device("cpu")
 F17 = ops.EngineKVFormat(17)
-# fp16 heads of 32 and 128 elements: 64- and 256-byte pieces, whole cache lines.
-LINE_HEADS = {"64B": 32, "256B": 128}
-
-
-@pytest.fixture
-def streaming(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LMCACHE_ASCEND_KERNEL_BACKEND", "host")
-    monkeypatch.setenv(host.STREAMING_ENV, "on")
-
-
-@pytest.mark.parametrize("head", list(LINE_HEADS))
-@pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
-@pytest.mark.parametrize("fmt", SLOT_FORMATS, ids=[f"{f}-{FORMAT_NAMES[f]}" for f in SLOT_FORMATS])
-def test_whole_line_heads(streaming, fmt: int, direction: int, head: str, gen: torch.Generator) -> None:
-    g = Geom(num_layers=2, num_blocks=6, block_size=16, num_heads=3, head_size=LINE_HEADS[head])
-    cache = make_paged(fmt, g, torch.float16, gen)
-    obj = random_tensor(object_shape(fmt, g, 45), torch.float16, gen)
-    slots = random_slots(45, g.num_slots, gen, 4)
-    check_against_reference(cache, obj, slots, direction, lambda c, o: call_multi_layer(c, o, slots, direction, skip=3), skip=3)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
