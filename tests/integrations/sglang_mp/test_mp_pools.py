@@ -17,7 +17,8 @@ identical chunk bytes, equal to the rows read through SGLang's own pool API;
 identical pools after a scatter into zeroed SGLang pools, with blocks out of
 order and a skipped prefix, and rows not named left untouched. Pools the route
 cannot carry: refused at registration by upstream (pinned), or, where upstream
-registers them anyway, refused by our op with a clear error at the first store.
+registers them anyway, refused by the guard at start-up naming the pool (and by our
+op with a clear error should a store get that far).
 """
 
 from __future__ import annotations
@@ -281,10 +282,10 @@ def _first_store(reg: Registered, which: str) -> None:
         )  # fmt: skip
 
 
-def test_mha_pool_with_other_v_head_dim_registers_but_no_store_runs(register: Any) -> None:
-    """Gap (upstream registers it): K rows of 8 and V rows of 4 per head. LMCache's
-    torch path fails obscurely at the first store; ours refuses clearly, naming the
-    tensor whose shape differs."""
+def test_mha_pool_with_other_v_head_dim_is_refused_naming_the_pool(register: Any) -> None:
+    """K rows of 8 and V rows of 4 per head. LMCache's connector registers it and its
+    torch path fails obscurely at the first store; our op refuses clearly, naming the
+    tensor whose shape differs; our guard refuses it before registration, naming the pool."""
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
     pool = MHATokenToKVPool(size=112, page_size=16, dtype=torch.bfloat16, device="cpu", enable_memory_saver=False, **{**MHA_GEOM, "v_head_dim": 4})
@@ -299,11 +300,11 @@ def test_mha_pool_with_other_v_head_dim_registers_but_no_store_runs(register: An
         check_registrable(reg.connector)
 
 
-def test_dsa_pool_registers_but_no_store_runs(register: Any) -> None:
-    """Gap (upstream registers it): a DSA pool adds its 2-D indexer buffers as
-    ``[NB, 1, 1, bytes]`` next to the MLA ones; LMCache detects format 3 from the
-    first tensor. LMCache's torch path fails obscurely at the first store; ours
-    refuses clearly, naming the indexer tensor."""
+def test_dsa_pool_is_refused_naming_the_pool(register: Any) -> None:
+    """A DSA pool adds its 2-D indexer buffers as ``[NB, 1, 1, bytes]`` next to the MLA
+    ones; LMCache detects format 3 from the first tensor, registers it, and its torch
+    path fails obscurely at the first store; our op refuses clearly, naming the indexer
+    tensor; our guard refuses it before registration, naming the pool."""
     from sglang.srt.mem_cache.memory_pool import DSATokenToKVPool
     from sglang.srt.runtime_context import get_parallel
 
