@@ -42,7 +42,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NA
 from lmcache_ascend.integrations.lmcache.mp_server import running_server  # noqa: E402
 from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 from tests.e2e.sglang.servers import (  # noqa: E402
-    Generation, SGLangServer, flush_cache, generate, running_sglang, write_lmcache_config,
+    Generation, SGLangServer, flush_cache, generate, running_sglang, write_lmcache_config, work_directory,
 )  # fmt: skip
 
 NO_LMCACHE = "no LMCache"
@@ -235,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{a.prompts} prompts x {a.prompt_tokens} tokens ({a.prompt_tokens * spec.kv_bytes_per_token / 2**20:.0f} MiB KV each)")
     build(a.model_dir, KV_HEAVY)
     prompts = [prompt_token_ids(a.prompt_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
-    with contextlib.ExitStack() as stack:
-        if a.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lmcache-ascend-sglang-bench-")))
-        else:
-            workdir = a.workdir
-            workdir.mkdir(parents=True, exist_ok=True)
+    with work_directory(a.workdir, "lmcache-ascend-sglang-bench-") as workdir:
         progress(f"[2/{total}] {NO_LMCACHE}: SGLang alone (logs in {workdir})")
         runs = [run_config(NO_LMCACHE, None, False, a, prompts, workdir, 0)]
         for i, (name, backend) in enumerate(LMCACHE_CONFIGS.items(), start=1):

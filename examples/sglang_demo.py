@@ -27,7 +27,6 @@ import contextlib
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +36,7 @@ from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NA
 from lmcache_ascend.integrations.lmcache.mp_server import running_server, server_command  # noqa: E402
 from lmcache_ascend.tools.tiny_model import build, prompt_token_ids  # noqa: E402
 from tests.e2e.sglang.servers import (  # noqa: E402
-    STANDIN_DIR, flush_cache, generate, running_sglang, sglang_command, sglang_env, write_lmcache_config,
+    STANDIN_DIR, flush_cache, generate, running_sglang, sglang_command, sglang_env, write_lmcache_config, work_directory,
 )  # fmt: skip
 
 CHUNK_SIZE = 256
@@ -114,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--workdir", type=Path, default=None, help="logs and the config file (default: a temporary directory, removed)")
     a = p.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if a.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lmcache-ascend-sglang-demo-")))
-        else:
-            workdir = a.workdir
-            workdir.mkdir(parents=True, exist_ok=True)
+    with work_directory(a.workdir, "lmcache-ascend-sglang-demo-") as workdir:
         ok = run(a, workdir)
     if not ok:
         print("FAILED: the warm request did not load KV from LMCache or changed the greedy output", file=sys.stderr)

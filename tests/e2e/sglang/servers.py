@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -191,6 +192,17 @@ def running_sglang(
         yield server
     finally:
         stop(proc)
+
+
+@contextlib.contextmanager
+def work_directory(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created if missing, kept), or a temporary directory removed afterwards."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def _post(url: str, body: dict | None, timeout_s: float) -> bytes:
