@@ -31,10 +31,6 @@ def backend_setting() -> str:
     return value
 
 
-def use_host(paged: PagedBuffers, obj: torch.Tensor) -> bool:
-    return host_backend(paged, obj.device)
-
-
 def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
     """Whether a transfer between ``paged`` and an object on ``obj_device`` runs on the C++ core."""
     setting = backend_setting()
@@ -68,10 +64,9 @@ def run(
     num_tokens = slots.numel()
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
         return
-    if use_host(paged, obj):
+    if host_backend(paged, obj.device):
         host_slots = slots if slots.device.type == "cpu" and slots.is_contiguous() else slots.cpu().contiguous()
-        table = planes.bind(paged.ptrs, obj.data_ptr())
-        host.run_planes(table, host_slots.data_ptr(), host_slots.element_size(), num_tokens, skip_prefix, direction)
+        run_host(planes, paged, obj.data_ptr(), host_slots.numpy(), skip_prefix, direction)
         return
     torch_path.run_planes(
         list(planes.paged),
