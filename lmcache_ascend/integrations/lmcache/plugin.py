@@ -33,7 +33,8 @@ reconnect by themselves (``redis://``: redis-py's pool) are left alone.
 :func:`close_remote_backends` closes remote connectors with a bound before
 LMCache's own close (which hangs for ``redis://`` in 0.5.6).
 :func:`guard_disk_writes` patches LMCache's disk-tier write so a full or
-unwritable disk drops the chunk instead of leaking its buffer (0.5.6 bug).
+unwritable disk drops the chunk instead of leaking its buffer (0.5.6 bug);
+``remote_get_guard.py`` does the same for Redis gets when the server dies.
 
 Checks: vLLM CPU packs K (and V on AMX CPUs) inside each block, so only whole
 blocks survive a store/load byte for byte. For host KV the LMCache chunk size

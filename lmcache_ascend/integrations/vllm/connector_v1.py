@@ -39,7 +39,9 @@ remote tiers from the LMCache config) with these differences:
   and at shutdown remote connectors are closed with a bound first
   (``plugin.close_remote_backends``: LMCache 0.5.6 hangs closing ``redis://``);
 - the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
-  frees its buffer instead of leaking it);
+  frees its buffer instead of leaking it) and ``remote_get_guard.guard_remote_gets``
+  (a Redis server dying during loads neither leaks buffers nor stops the
+  connector's job queue);
 - with ``enable_blending`` the worker runs lmcache_ascend's CacheBlend blender
   (hole mode with ``extra_config: {blend_hole_mode: true}``) on the model vLLM
   loaded, instead of upstream's CUDA-only one (see ``integrations/vllm/blend.py``);
@@ -57,7 +59,7 @@ from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dyna
 from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
 
-from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.integrations.lmcache import plugin, remote_get_guard
 from lmcache_ascend.integrations.vllm import blend
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
@@ -93,6 +95,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
             recompute_failed_loads(vllm_config)
         if role == KVConnectorRole.WORKER:
             plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
+            remote_get_guard.guard_remote_gets()  # nor a Redis server dying during loads
             if str(vllm_config.device_config.device).startswith("cpu"):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
         try:

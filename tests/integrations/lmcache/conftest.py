@@ -8,6 +8,7 @@ Engine KV is built with the independent reference in ``tests/kernels/reference.p
 from __future__ import annotations
 
 import gc
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -178,6 +179,23 @@ class EngineFactory:
             if LMCacheEngineBuilder.get(name) is engine:
                 return name
         raise KeyError("engine not built by this factory")
+
+
+def active_buffers(engine: Any) -> int:
+    """CPU buffers the engine's allocator has handed out and not had back."""
+    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
+    inner = getattr(allocator, "pin_allocator", allocator)  # MixedMemoryAllocator wraps one
+    return int(getattr(inner, "allocator", inner).num_active_allocations)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 50 ms; AssertionError naming ``what`` after ``timeout_s``."""
+    pause = threading.Event()
+    for _ in range(int(timeout_s / 0.05)):
+        if condition():
+            return
+        pause.wait(0.05)
+    raise AssertionError(f"{what} not reached in {timeout_s:.0f} s")
 
 
 def _broadcast(tensor: torch.Tensor, src: int) -> torch.Tensor:

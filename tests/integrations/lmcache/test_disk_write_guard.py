@@ -20,7 +20,7 @@ import torch
 
 from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, make_metadata
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, make_metadata
 from tests.kernels.reference import Geom, make_paged
 
 GEOM = Geom(num_layers=2, num_blocks=64, block_size=16, num_heads=2, head_size=8)
@@ -44,19 +44,13 @@ def disk_engine(engines: EngineFactory, disk: Path) -> Any:
     return engines.build(conn, meta, local_cpu=False, max_local_cpu_size=0.01, local_disk=f"file://{disk}", max_local_disk_size=0.01)
 
 
-def active(engine: Any) -> int:
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    inner = getattr(allocator, "pin_allocator", allocator)
-    return int(getattr(inner, "allocator", inner).num_active_allocations)
-
-
 def settle(engine: Any, disk: Any) -> None:
     pause = threading.Event()
     for _ in range(200):
-        if active(engine) == 0 and not disk.disk_worker.put_tasks:
+        if active_buffers(engine) == 0 and not disk.disk_worker.put_tasks:
             return
         pause.wait(0.05)
-    raise AssertionError(f"disk writes never settled: {active(engine)} buffers held, {len(disk.disk_worker.put_tasks)} puts in flight")
+    raise AssertionError(f"disk writes never settled: {active_buffers(engine)} buffers held, {len(disk.disk_worker.put_tasks)} puts in flight")
 
 
 def store(engine: Any) -> None:

@@ -29,7 +29,7 @@ import torch
 from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, make_metadata
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, make_metadata, wait_until
 from tests.kernels.reference import Geom, make_paged
 
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -159,24 +159,9 @@ def store_and_load(engine: Any) -> int:
     engine.store(TOKENS, kvcaches=cache.data, slot_mapping=slots)
     # A put holds its chunk until it is sent or failed (batched puts are not in
     # ``put_tasks``); with local_cpu=False nothing else holds one.
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    wait_until(lambda: _active(allocator) == 0)
+    wait_until(lambda: active_buffers(engine) == 0, what="every put sent")
     mask = engine.retrieve(TOKENS, kvcaches=cache.data, slot_mapping=slots + len(TOKENS))
     return int(mask.sum())
-
-
-def _active(allocator: Any) -> int:
-    inner = getattr(allocator, "pin_allocator", allocator)
-    return int(getattr(inner, "allocator", inner).num_active_allocations)
-
-
-def wait_until(condition: Any, timeout_s: float = 20.0) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout_s / 0.05)):
-        if condition():
-            return
-        done.wait(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_watch_drops_a_failed_lm_connection_and_a_new_one_reaches_the_restarted_server(remote_engines: EngineFactory, lm_server: LMServer) -> None:
