@@ -70,11 +70,32 @@ def test_layerwise_mode_matches_cold(model_dir: Path, run_vllm, tmp_path: Path) 
     assert _close(warm["logprobs"], cold["logprobs"])
 
 
-@pytest.mark.parametrize("block_size", [64])
-def test_other_block_size(model_dir: Path, run_vllm, block_size: int) -> None:
-    cold, warm = run_vllm(model_dir=model_dir, prompts=[PROMPT[:1000], PROMPT[:1000]], block_size=block_size)
-    assert warm["from_lmcache"] == 768  # three full chunks of 256; the partial one is recomputed
+@pytest.mark.parametrize(("block_size", "block_tails", "hit"), [(64, True, 960), (64, False, 768)])
+def test_partial_tail_and_other_block_size(model_dir: Path, run_vllm, block_size: int, block_tails: bool, hit: int) -> None:
+    """1000 tokens: three full chunks of 256 and a tail of 232. Block tails store the
+    tail up to its last whole block (960 = vLLM's own prefix-cache hit for this
+    prompt); without them the partial chunk is recomputed (768)."""
+    prompt = PROMPT[:1000]
+    cold, warm = run_vllm(model_dir=model_dir, prompts=[prompt, prompt], block_size=block_size, block_tails=block_tails)
+    assert warm["from_lmcache"] == hit
     assert warm["token_ids"] == cold["token_ids"]
+    assert _close(warm["logprobs"], cold["logprobs"])
+
+
+def test_block_tail_from_disk_in_a_fresh_process_and_longer_prompts(model_dir: Path, run_vllm, tmp_path: Path) -> None:
+    """A stored tail (chunk 3 = tokens 768..992, block 32) is found again by a new engine
+    from the disk tier; a longer prompt whose chunk 3 is full (same first 224 tokens)
+    never takes the tail's KV for it: it hits the three full chunks only, with the
+    tokens a cold run gives."""
+    disk = tmp_path / "disk"
+    prompt, longer = PROMPT[:1000], PROMPT[:1100]
+    (first,) = run_vllm(model_dir=model_dir, prompts=[prompt], disk_dir=disk, block_size=32)
+    assert len(sorted(disk.glob("*.pt"))) == 4  # three full chunks and the tail
+    second, longer_warm = run_vllm(model_dir=model_dir, prompts=[prompt, longer], disk_dir=disk, block_size=32)
+    assert second["from_lmcache"] == 992 and second["token_ids"] == first["token_ids"]
+    assert longer_warm["from_lmcache"] == 768
+    (longer_cold,) = run_vllm(model_dir=model_dir, prompts=[longer], connector=False, block_size=32)
+    assert longer_warm["token_ids"] == longer_cold["token_ids"]
 
 
 def test_mixed_sliding_window_model(model_dir: Path, run_vllm, tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ through the backend's public ``insert_key``:
 - only files whose size is exactly one full chunk of this engine's KV
   (``metadata.get_shapes(chunk_size)``, kv dtype) are taken, so a file cut short
   by a crash, or written for another dtype or layout, is ignored, never loaded;
+- a chunk shorter than ``chunk_size`` (a prompt's tail, stored with
+  ``save_unfull_chunk``) is taken only with its ``.pt.shape`` sidecar, which
+  :func:`note_partial_chunk` writes (atomically) once the chunk file is
+  complete, and only if the sidecar's shape is the full shape with fewer tokens
+  and matches the file's size; sidecars whose chunk file is gone are removed;
 - recovered chunks count against ``max_local_disk_size`` like newly written
   ones; once the tier is full, further files are left on disk but not indexed;
 - layerwise engines store one key per layer (``...@<layer>``) with the per-layer
@@ -22,8 +27,11 @@ blocks are stored in an ISA-specific packing): keep a disk cache per host type.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from lmcache.logging import init_logger
@@ -40,15 +48,64 @@ def _object_spec(metadata: Any, config: Any, connector: Any) -> tuple[Any, Any, 
     return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
-def _chunk_files(backend: Any, metadata: Any, config: Any, nbytes: int) -> list[tuple[float, str, bool]]:
-    """(mtime, key text, layered) of this engine's complete chunk files."""
+SHAPE_SUFFIX = ".shape"
+
+
+@dataclass(frozen=True)
+class ChunkFile:
+    mtime: float
+    key_text: str
+    layered: bool
+    shape: Any  # torch.Size
+    nbytes: int
+
+
+def note_partial_chunk(backend: Any, key: Any, shape: Any, fmt: Any) -> bool:
+    """After a chunk file was written: record the ``shape`` of a chunk shorter than
+    ``chunk_size`` next to it (its size alone cannot tell a tail from a file cut
+    short); True if a sidecar was written. Called by ``plugin.guard_disk_writes``."""
+    if shape[fmt.token_dim()] >= backend.local_cpu_backend.config.chunk_size:
+        return False
+    path = backend._key_to_path(key) + SHAPE_SUFFIX
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump({"shape": list(shape)}, f)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:  # the chunk stays usable in this process; a restart will not find it
+        logger.warning("lmcache_ascend: could not record the shape of %s (%s)", path, exc)
+        _remove(path + ".tmp")
+        return False
+    return True
+
+
+def _partial_shape(path: str, size: int, full: Any, itemsize: int) -> Any | None:
+    """The sidecar's shape if it describes this file as a shorter chunk of ``full``, else None."""
+    import torch
+
+    try:
+        with open(path + SHAPE_SUFFIX) as f:
+            shape = torch.Size(json.load(f)["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    shorter = len(shape) == len(full) and sum(a != b for a, b in zip(shape, full, strict=True)) == 1
+    if not shorter or any(a > b for a, b in zip(shape, full, strict=True)) or math.prod(shape) * itemsize != size:
+        return None
+    return shape
+
+
+def _chunk_files(backend: Any, metadata: Any, config: Any, full: Any) -> list[ChunkFile]:
+    """This engine's complete chunk files (full ones, and shorter ones with a valid sidecar)."""
     from lmcache.utils import TORCH_DTYPE_TO_STR_DTYPE
 
+    itemsize = metadata.kv_dtype.itemsize
+    nbytes = math.prod(full) * itemsize
     dtype_name = TORCH_DTYPE_TO_STR_DTYPE[metadata.kv_dtype]
     on_disk = metadata.model_name.replace("/", "-")
     prefix = f"{on_disk}@{metadata.world_size}@{metadata.worker_id}@"
     files = []
     for entry in os.scandir(backend.path):
+        if entry.name.endswith(".pt" + SHAPE_SUFFIX) and not os.path.exists(entry.path[: -len(SHAPE_SUFFIX)]):
+            _remove(entry.path)  # its chunk was evicted
         if not (entry.is_file() and entry.name.startswith(prefix) and entry.name.endswith(".pt")):
             continue
         rest = entry.name[len(on_disk) : -len(".pt")]
@@ -57,11 +114,17 @@ def _chunk_files(backend: Any, metadata: Any, config: Any, nbytes: int) -> list[
         if layered != bool(config.use_layerwise) or "%" in rest or parts[4] != dtype_name:
             continue  # other storage mode or dtype, or tagged keys (tags are not mangled reversibly)
         stat = entry.stat()
-        if stat.st_size != nbytes:
-            logger.warning("lmcache_ascend: ignoring %s: %d bytes, a chunk is %d", entry.path, stat.st_size, nbytes)
+        shape = full if stat.st_size == nbytes else _partial_shape(entry.path, stat.st_size, full, itemsize)
+        if shape is None:
+            logger.warning("lmcache_ascend: ignoring %s: %d bytes, a chunk is %d (and no valid shape sidecar)", entry.path, stat.st_size, nbytes)
             continue
-        files.append((stat.st_mtime, metadata.model_name + rest, layered))
+        files.append(ChunkFile(stat.st_mtime, metadata.model_name + rest, layered, shape, stat.st_size))
     return files
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def recover_disk_index(backend: Any, metadata: Any, config: Any, connector: Any) -> int:
@@ -73,19 +136,25 @@ def recover_disk_index(backend: Any, metadata: Any, config: Any, connector: Any)
     from lmcache.utils import CacheEngineKey, LayerCacheEngineKey
     from lmcache.v1.memory_management import MemoryFormat
 
-    shape, dtype, nbytes = _object_spec(metadata, config, connector)
+    full, dtype, _ = _object_spec(metadata, config, connector)
     fmt = connector.memory_format if hasattr(connector, "memory_format") else MemoryFormat.KV_2LTD
-    files = sorted(_chunk_files(backend, metadata, config, nbytes), reverse=True)
-    room = max(0, int((backend.max_cache_size - backend.current_cache_size) // nbytes))
-    keep, skipped = files[:room], len(files) - min(room, len(files))
+    files = sorted(_chunk_files(backend, metadata, config, full), key=lambda f: f.mtime, reverse=True)
+    room = max(0, backend.max_cache_size - backend.current_cache_size)
+    keep: list[ChunkFile] = []
+    for chunk in files:
+        if chunk.nbytes > room:
+            break
+        keep.append(chunk)
+        room -= chunk.nbytes
+    skipped = len(files) - len(keep)
     found = 0
-    for _, text, layered in reversed(keep):
-        key = LayerCacheEngineKey.from_string(text) if layered else CacheEngineKey.from_string(text)
-        backend.insert_key(key, nbytes, shape, dtype, fmt)
+    for chunk in reversed(keep):
+        key = LayerCacheEngineKey.from_string(chunk.key_text) if chunk.layered else CacheEngineKey.from_string(chunk.key_text)
+        backend.insert_key(key, chunk.nbytes, chunk.shape, dtype, fmt)
         # The two counters LMCache keeps: eviction reads current_cache_size,
         # usage feeds its metrics.
-        backend.current_cache_size += nbytes
-        backend.usage += nbytes
+        backend.current_cache_size += chunk.nbytes
+        backend.usage += chunk.nbytes
         found += 1
     if skipped:
         logger.warning("lmcache_ascend: disk tier full; %d older chunk file(s) left on disk unindexed", skipped)

@@ -38,8 +38,9 @@ unwritable disk drops the chunk instead of leaking its buffer (0.5.6 bug);
 
 Checks: vLLM CPU packs K (and V on AMX CPUs) inside each block, so only whole
 blocks survive a store/load byte for byte. For host KV the LMCache chunk size
-must be a multiple of the block size and ``save_unfull_chunk`` must be off;
-:func:`check_host_block_alignment` refuses anything else with a clear error.
+must be a multiple of the block size, and ``save_unfull_chunk`` must be off
+unless the vLLM connector cuts stores and lookups to whole blocks (block tails,
+its default); :func:`check_host_block_alignment` refuses anything else.
 CacheBlend is exempt: its connector moves single tokens through views that
 know the packing (``integrations/vllm/cpu_kv_layout.py``).
 
@@ -60,6 +61,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lmcache.logging import init_logger
+
+from lmcache_ascend.integrations.lmcache.disk_index import note_partial_chunk, recover_disk_index
 
 logger = init_logger(__name__)
 
@@ -87,17 +90,24 @@ def apply_defaults(config: Any) -> Any:
     return config
 
 
-def check_host_block_alignment(config: Any, block_size: int) -> None:
+def check_host_block_alignment(config: Any, block_size: int, block_tails: bool = False) -> None:
+    """Refuse what host (vLLM CPU) KV cannot store exactly.
+
+    ``block_tails``: the vLLM connector cuts every store and lookup to whole
+    blocks (``integrations/vllm/block_tail.py``), so partial chunks are allowed.
+    """
     if config.chunk_size % block_size:
         raise ValueError(
             f"LMCache chunk_size {config.chunk_size} must be a multiple of the vLLM block size "
             f"{block_size} for host (vLLM CPU) KV: its blocks are stored packed and only whole "
             "blocks can be copied exactly. Set LMCACHE_CHUNK_SIZE or --block-size accordingly."
         )
-    if config.save_unfull_chunk:
+    if config.save_unfull_chunk and not block_tails:
         raise ValueError(
-            "save_unfull_chunk must be off for host (vLLM CPU) KV: a partial chunk ends inside a "
-            "packed block, which cannot be copied exactly."
+            "save_unfull_chunk must be off for host (vLLM CPU) KV without block tails: a partial "
+            "chunk ends inside a packed block, which cannot be copied exactly. Leave "
+            "kv_connector_extra_config['lmcache_ascend.block_tails'] on (the default) to store "
+            "partial chunks up to their last whole block."
         )
 
 
@@ -120,8 +130,13 @@ def create_device_connector(config: Any, metadata: Any, device: Any, layout_hint
 ConnectorFactory = Callable[[Any, Any, Any, Any], Any]  # (config, metadata, device, layout_hints)
 
 
-def register_engine(vllm_config: Any, config: Any, make_connector: ConnectorFactory = create_device_connector) -> Any:
-    """Create (once per process) the LMCache engine with ``make_connector``'s device connector."""
+def register_engine(
+    vllm_config: Any, config: Any, make_connector: ConnectorFactory = create_device_connector, block_tails: bool = False
+) -> Any:
+    """Create (once per process) the LMCache engine with ``make_connector``'s device connector.
+
+    ``block_tails``: stores and lookups are cut to whole vLLM blocks by the caller.
+    """
     from lmcache.integration.vllm.utils import vllm_layout_hints
     from lmcache.integration.vllm.vllm_service_factory import VllmServiceFactory
     from lmcache.v1.cache_engine import LMCacheEngineBuilder
@@ -132,7 +147,7 @@ def register_engine(vllm_config: Any, config: Any, make_connector: ConnectorFact
         return existing
     device = vllm_config.device_config.device
     if str(device).startswith("cpu") and not config.enable_blending:
-        check_host_block_alignment(config, vllm_config.cache_config.block_size)
+        check_host_block_alignment(config, vllm_config.cache_config.block_size, block_tails)
     metadata = VllmServiceFactory(config, vllm_config, "worker").get_or_create_metadata()
     connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))
     tp_group = get_tp_group()
@@ -178,8 +193,6 @@ def destroy_engine() -> None:
 
 def recover_disk_tier(engine: Any) -> int:
     """Re-index the local disk tier of ``engine`` (0 when it has none)."""
-    from lmcache_ascend.integrations.lmcache.disk_index import recover_disk_index
-
     manager = getattr(engine, "storage_manager", None)
     backend = None if manager is None else manager.storage_backends.get("LocalDiskBackend")
     if backend is None:
@@ -303,7 +316,9 @@ def guard_disk_writes() -> bool:
     its ``write_file`` (disk full, unwritable) after the put was admitted and
     before it releases anything: the chunk's CPU buffer is never freed, its
     bytes stay counted as used, and the key stays "in progress" forever (it is
-    never stored again). The wrapper undoes those three on ``OSError``.
+    never stored again). The wrapper undoes those three on ``OSError``. After a
+    write that worked, a chunk shorter than ``chunk_size`` gets its shape
+    sidecar (``disk_index.note_partial_chunk``) so a restarted engine finds it.
     Idempotent; pinned by ``tests/integrations/lmcache/test_disk_write_guard.py``.
     """
     from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
@@ -313,10 +328,13 @@ def guard_disk_writes() -> bool:
         return False
 
     def async_save_bytes_to_disk(self: Any, key: Any, memory_obj: Any, on_complete_callback: Any = None) -> None:
+        shape_of = (memory_obj.metadata.shape, memory_obj.metadata.fmt)  # the buffer is released inside
         try:
             original(self, key, memory_obj, on_complete_callback)
         except OSError as exc:
             _undo_disk_write(self, key, memory_obj, exc)
+            return
+        note_partial_chunk(self, key, *shape_of)
 
     setattr(async_save_bytes_to_disk, _DISK_GUARD, True)
     async_save_bytes_to_disk.__wrapped__ = original  # type: ignore[attr-defined]

@@ -42,6 +42,8 @@ remote tiers from the LMCache config) with these differences:
   frees its buffer instead of leaking it) and ``remote_get_guard.guard_remote_gets``
   (a Redis server dying during loads neither leaks buffers nor stops the
   connector's job queue);
+- on host KV a prompt's last partial chunk is stored and looked up up to its
+  last whole vLLM block (``block_tail.py``; ``lmcache_ascend.block_tails``);
 - with ``enable_blending`` the worker runs lmcache_ascend's CacheBlend blender
   (hole mode with ``extra_config: {blend_hole_mode: true}``) on the model vLLM
   loaded, instead of upstream's CUDA-only one (see ``integrations/vllm/blend.py``);
@@ -60,7 +62,7 @@ from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
 
 from lmcache_ascend.integrations.lmcache import plugin, remote_get_guard
-from lmcache_ascend.integrations.vllm import blend
+from lmcache_ascend.integrations.vllm import blend, block_tail
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
 logger = init_logger(__name__)
@@ -88,6 +90,8 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
 
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
+        # Before LMCache's adapter reads save_unfull_chunk (both roles): see block_tail.py.
+        self._tail_block = block_tail.configure(vllm_config, config)
         registered = None
         self._blender: blend.VLLMBlender | None = None
         self._remote_watch = plugin.RemoteConnectionWatch()
@@ -100,7 +104,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
         try:
             if role == KVConnectorRole.WORKER:
-                registered = plugin.register_engine(vllm_config, config, self.make_device_connector)
+                registered = plugin.register_engine(vllm_config, config, self.make_device_connector, self._tail_block is not None)
                 if config.enable_blending:  # before LMCache's adapter asks LMCBlenderBuilder for a blender
                     self._blender = blend.install(registered, vllm_config.cache_config.block_size)
             super().__init__(vllm_config, role, kv_cache_config)
@@ -141,6 +145,17 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         if self.lmcache_engine is not None:
             plugin.close_remote_backends(self.lmcache_engine)  # LMCache's own close hangs on redis://
         super().shutdown()
+
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int | None, bool]:
+        if self._tail_block is not None:
+            request = block_tail.BlockAlignedRequest(request, self._tail_block)
+        return super().get_num_new_matched_tokens(request, num_computed_tokens)
+
+    def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
+        metadata = super().build_connector_meta(scheduler_output)
+        if self._tail_block is not None:
+            block_tail.trim_stores(metadata, self._lmcache_engine._request_trackers, self._tail_block)
+        return metadata
 
     @property
     def requires_kv_delivery(self) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmcache_ascend.integrations.vllm.block_tail import TAILS_KEY
 from lmcache_ascend.integrations.vllm.settings import blend_env, kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
 
 
@@ -41,8 +42,17 @@ class LLMOptions:
     blend_hole_mode: bool | None = None
     blend_ratio: float = 0.15
     dtype: str = "bfloat16"
+    # Host KV: store and look up a prompt's last partial chunk up to its last
+    # whole block (``block_tail.py``); False keeps whole chunks only.
+    block_tails: bool = True
+    # Peers for benchmarks (``connector=False``): vLLM's own prefix cache, and
+    # vLLM's own disk ``ExampleConnector`` storing under this directory.
+    prefix_caching: bool = False
+    example_storage: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.example_storage is not None and (self.connector or self.mp_port is not None):
+            raise ValueError("example_storage: vLLM's ExampleConnector replaces ours; set connector=False")
         if self.blend_hole_mode is not None and (self.disk_dir is not None or self.mp_port is not None or not self.connector):
             raise ValueError("blend_hole_mode: CacheBlend runs on the in-process connector with the CPU tier only (no disk_dir)")
 
@@ -78,14 +88,18 @@ def start_llm(opts: LLMOptions) -> Any:
     if opts.mp_port is not None:
         kwargs["kv_transfer_config"] = KVTransferConfig(**mp_kv_transfer_config_dict(opts.mp_port))
     elif opts.connector:
-        kwargs["kv_transfer_config"] = kv_transfer_config()
+        kwargs["kv_transfer_config"] = kv_transfer_config(None if opts.block_tails else {TAILS_KEY: False})
+    elif opts.example_storage is not None:
+        kwargs["kv_transfer_config"] = KVTransferConfig(
+            kv_connector="ExampleConnector", kv_role="kv_both", kv_connector_extra_config={"shared_storage_path": str(opts.example_storage)}
+        )
     if opts.block_size is not None:
         kwargs["block_size"] = opts.block_size
     return LLM(
         model=str(opts.model_dir),
         dtype=opts.dtype,
         max_model_len=opts.max_model_len,
-        enable_prefix_caching=False,
+        enable_prefix_caching=opts.prefix_caching,
         enforce_eager=True,
         disable_log_stats=False,
         **kwargs,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_PREFIX = "LMCACHE_ASCEND_RESULT "
-_PATH_KEYS = ("model_dir", "disk_dir")
+_PATH_KEYS = ("model_dir", "disk_dir", "example_storage")
 
 
 class EngineRunError(RuntimeError):

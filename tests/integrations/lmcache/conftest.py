@@ -181,6 +181,18 @@ class EngineFactory:
         raise KeyError("engine not built by this factory")
 
 
+@pytest.fixture
+def disk_writes_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``plugin.guard_disk_writes`` installed for this test; LMCache's class restored after it."""
+    from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
+
+    from lmcache_ascend.integrations.lmcache import plugin
+
+    monkeypatch.setattr(LocalDiskBackend, "async_save_bytes_to_disk", LocalDiskBackend.async_save_bytes_to_disk)
+    plugin.guard_disk_writes()
+    yield
+
+
 def active_buffers(engine: Any) -> int:
     """CPU buffers the engine's allocator has handed out and not had back."""
     allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator

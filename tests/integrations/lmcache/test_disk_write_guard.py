@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import inspect
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ from tests.kernels.reference import Geom, make_paged
 GEOM = Geom(num_layers=2, num_blocks=64, block_size=16, num_heads=2, head_size=8)
 CHUNK = 64
 TOKENS = torch.arange(2 * CHUNK, dtype=torch.long) * 5 + 2
-
-
-@pytest.fixture
-def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
-
-    # Restore LMCache's class after the test, whatever the guard did to it.
-    monkeypatch.setattr(LocalDiskBackend, "async_save_bytes_to_disk", LocalDiskBackend.async_save_bytes_to_disk)
-    plugin.guard_disk_writes()
-    yield
 
 
 def disk_engine(engines: EngineFactory, disk: Path) -> Any:
@@ -58,7 +47,7 @@ def store(engine: Any) -> None:
     engine.store(TOKENS, kvcaches=cache.data, slot_mapping=torch.arange(len(TOKENS)))
 
 
-def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: None, engines: EngineFactory, tmp_path: Path) -> None:
+def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(disk_writes_guarded: None, engines: EngineFactory, tmp_path: Path) -> None:
     engine = disk_engine(engines, tmp_path)
     disk = engine.storage_manager.storage_backends["LocalDiskBackend"]
 
@@ -80,7 +69,7 @@ def test_a_failed_write_frees_everything_and_the_chunk_is_stored_later(guarded: 
     assert engine.lookup(TOKENS) == len(TOKENS)  # the same chunks are stored this time
 
 
-def test_guard_is_idempotent(guarded: None) -> None:
+def test_guard_is_idempotent(disk_writes_guarded: None) -> None:
     assert plugin.guard_disk_writes() is False
 
 

@@ -176,9 +176,13 @@ def test_host_block_alignment_refuses_misaligned_chunks(chunk_size: int, block_s
         plugin.check_host_block_alignment(LMCacheEngineConfig.from_defaults(chunk_size=chunk_size), block_size)
 
 
-def test_host_block_alignment_refuses_unfull_chunks() -> None:
+def test_host_block_alignment_refuses_unfull_chunks_without_block_tails() -> None:
+    config = LMCacheEngineConfig.from_defaults(chunk_size=256, save_unfull_chunk=True)
     with pytest.raises(ValueError, match="save_unfull_chunk"):
-        plugin.check_host_block_alignment(LMCacheEngineConfig.from_defaults(chunk_size=256, save_unfull_chunk=True), 16)
+        plugin.check_host_block_alignment(config, 16)
+    plugin.check_host_block_alignment(config, 16, block_tails=True)  # the connector cuts to whole blocks
+    with pytest.raises(ValueError, match="chunk_size"):
+        plugin.check_host_block_alignment(LMCacheEngineConfig.from_defaults(chunk_size=100, save_unfull_chunk=True), 16, block_tails=True)
 
 
 @pytest.mark.parametrize(("layerwise", "cls"), [(False, PagedKVConnector), (True, LayerwiseKVConnector)])

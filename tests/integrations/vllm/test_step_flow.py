@@ -4,7 +4,8 @@ A first request misses, is scheduled, and its full chunks are stored by the
 worker's ``wait_for_save``; a second request with the same prompt hits, and the
 worker's load fills the second request's blocks with exactly the stored bytes.
 Block size 128, LMCache chunk 256: a 600-token prompt has two full chunks (512
-tokens, blocks 0-3 of the request) and a partial tail that is never stored.
+tokens, blocks 0-3 of the request) and a tail of 88 tokens, less than a block,
+which is never stored (block tails keep whole blocks only: test_block_tail.py).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_first_request_misses_then_its_full_chunks_are_stored(make_connectors: M
     assert (result.finished_sending, result.finished_recving) == (set(), set())  # nothing async
     assert result.invalid_block_ids == set()
     assert engine.lookup(tokens=tokens) == STORED
-    assert stored_locations(c, tokens) == ["LocalCPUBackend", "LocalCPUBackend"]  # full chunks only
+    assert stored_locations(c, tokens) == ["LocalCPUBackend", "LocalCPUBackend", None]  # not the 88-token tail
     assert helpers.same_blocks(c.caches, before)  # a store leaves vLLM's KV alone
     assert c.worker.has_connector_metadata() is False  # vLLM cleared it after the step
 

@@ -17,6 +17,7 @@ from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.vllm.connector_v1 import LMCacheAscendConnectorV1Dynamic
+from lmcache_ascend.integrations.vllm.block_tail import TAILS_KEY
 from tests.integrations.vllm import helpers
 from tests.integrations.vllm.conftest import ENGINE_NAME, MakeConnectors
 
@@ -113,10 +114,10 @@ def test_chunk_size_not_a_multiple_of_block_size_is_refused(make_connectors: Mak
     assert kv_transfer_state.has_kv_transfer_group() is False
 
 
-def test_save_unfull_chunk_is_refused(make_connectors: MakeConnectors, lmcache_env: pytest.MonkeyPatch) -> None:
+def test_save_unfull_chunk_without_block_tails_is_refused(make_connectors: MakeConnectors, lmcache_env: pytest.MonkeyPatch) -> None:
     lmcache_env.setenv("LMCACHE_SAVE_UNFULL_CHUNK", "True")
-    with pytest.raises(ValueError, match="save_unfull_chunk must be off"):
-        make_connectors()
+    with pytest.raises(ValueError, match="save_unfull_chunk must be off .* without block tails"):
+        make_connectors(extra={TAILS_KEY: False})
 
     assert LMCacheEngineBuilder.get(ENGINE_NAME) is None
 
