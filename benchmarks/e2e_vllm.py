@@ -1,20 +1,27 @@
-"""End-to-end benchmark: vLLM CPU time-to-first-token with and without the connector.
+"""End-to-end benchmark: vLLM CPU time-to-first-token, this connector against vLLM's own peers.
 
 On a KV-heavy, compute-light random Llama (16 layers, hidden 256, 4 KV heads of
 head_dim 256: 64 KiB of KV per token), so moving KV is a visible part of TTFT,
-each of ``--prompts`` distinct prompts with a ``--prefix-tokens`` prefix is sent:
+each of ``--prompts`` distinct prompts of ``--prefix-tokens`` tokens (default
+2000: not a multiple of LMCache's 256-token chunk, so the tail matters) is sent:
 
 - ``baseline``: vLLM CPU without a KV connector (its prefix cache off);
-- ``cold``: with LMCacheAscendConnectorV1Dynamic, first time (computed + stored);
-- ``warm``: the same prompts again (loaded from LMCache's CPU tier).
+- ``cold`` / ``warm``: with LMCacheAscendConnectorV1Dynamic, first time
+  (computed + stored), then again (loaded from LMCache's CPU tier);
+- ``prefix cache``: vLLM's own prefix cache, no connector (warm = a repeat
+  served from vLLM's KV blocks, no copy at all);
+- ``ExampleConnector``: vLLM's own disk connector (safetensors files), warm repeat.
 
 Each configuration runs in its own engine process after one warm-up prompt,
 with the same OpenMP core binding (``VLLM_CPU_OMP_THREADS_BIND``, default: all
 cores): left on ``auto``, vLLM reserves a different number of cores with and
 without a KV connector, which would compare different compute budgets.
 Prints a table, writes ``benchmarks/results/e2e_vllm.png``; the last line is one
-JSON object with ``warm_over_cold`` (warm / cold TTFT) and ``store_overhead``
-(cold with the connector / baseline), medians over the prompts.
+JSON object with ``warm_over_cold`` (warm / cold TTFT), ``store_overhead`` (cold
+with the connector / baseline), ``warm_over_example`` and
+``warm_over_prefix_cache`` (our warm TTFT / the peer's), and
+``hit_tokens_vs_prefix_cache`` (tokens we served / tokens vLLM's prefix cache
+served), medians over the prompts, and the CPU model.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, bar_chart, format_table, print_json_last  # noqa: E402
+from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
 from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
 from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
@@ -42,7 +49,7 @@ def _median_ms(results: list[dict]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
-    p.add_argument("--prefix-tokens", type=int, default=2048)
+    p.add_argument("--prefix-tokens", type=int, default=2000, help="prompt length (default not a multiple of the chunk)")
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND for every run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     spec = KV_HEAVY
-    print(f"[1/4] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
+    print(f"[1/6] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
           f"{spec.num_kv_heads} KV heads x {spec.head_dim} (bf16) = {spec.kv_bytes_per_token // 1024} KiB KV per token", flush=True)
     build(a.model_dir, spec)
     warmup = prompt_token_ids(a.prefix_tokens, offset=999)
@@ -59,38 +66,59 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": a.cores, "VLLM_CPU_KVCACHE_SPACE": "2"}
     with tempfile.TemporaryDirectory(prefix="lmcache-ascend-bench-") as rpc:
-        print(f"[2/4] baseline: vLLM CPU without connector (cores {a.cores})", flush=True)
-        base = run_engine({**common, "connector": False, "prompts": [warmup, *prompts]}, rpc_dir=Path(rpc), env=env)[1:]
-        print("[3/4] with LMCacheAscendConnectorV1Dynamic: cold, then warm", flush=True)
-        both = run_engine({**common, "connector": True, "prompts": [warmup, *prompts, *prompts]}, rpc_dir=Path(rpc), env=env)[1:]
-    cold, warm = both[: a.prompts], both[a.prompts :]
+        def run(step: str, options: dict, passes: int) -> list[list[dict]]:
+            print(step, flush=True)
+            out = run_engine({**common, **options, "prompts": [warmup, *prompts * passes]}, rpc_dir=Path(rpc), env=env)[1:]
+            return [out[i * a.prompts : (i + 1) * a.prompts] for i in range(passes)]
+
+        (base,) = run(f"[2/6] baseline: vLLM CPU without connector (cores {a.cores})", {"connector": False}, 1)
+        cold, warm = run("[3/6] LMCacheAscendConnectorV1Dynamic: cold, then warm", {"connector": True}, 2)
+        pc_cold, pc_warm = run("[4/6] vLLM's prefix cache (no connector): cold, then warm", {"connector": False, "prefix_caching": True}, 2)
+        ex_cold, ex_warm = run("[5/6] vLLM's ExampleConnector (disk): cold, then warm",
+                               {"connector": False, "example_storage": str(Path(rpc) / "example")}, 2)
 
     identical = all(c["token_ids"] == w["token_ids"] for c, w in zip(cold, warm))
-    hits = [w["from_lmcache"] for w in warm]
-    moved = a.prefix_tokens // 256 * 256 * spec.kv_bytes_per_token
-    b_ms, c_ms, w_ms = _median_ms(base), _median_ms(cold), _median_ms(warm)
-    print(f"[4/4] results (median of {a.prompts} prompts of {a.prefix_tokens} tokens; "
-          f"KV stored / loaded per prompt: {moved / 2**20:.0f} MiB)")
+    hits, pc_hits = min(w["from_lmcache"] for w in warm), min(w["from_lmcache"] for w in pc_warm)
+    ex_hits = min(w["from_lmcache"] for w in ex_warm)
+    moved = hits * spec.kv_bytes_per_token
+    ms = {name: _median_ms(runs) for name, runs in
+          {"base": base, "cold": cold, "warm": warm, "pc": pc_warm, "ex": ex_warm, "ex_cold": ex_cold, "pc_cold": pc_cold}.items()}
+    print(f"[6/6] results on {cpu_model()} (median of {a.prompts} prompts of {a.prefix_tokens} tokens; "
+          f"KV loaded per warm prompt: {moved / 2**20:.0f} MiB)")
     print(format_table(
-        ["run", "TTFT ms", "tokens from LMCache", "vs baseline"],
-        [["baseline (no connector)", b_ms, 0, 1.0], ["cold (compute + store)", c_ms, cold[0]["from_lmcache"], c_ms / b_ms],
-         ["warm (load)", w_ms, min(hits), w_ms / b_ms]],
+        ["run", "TTFT ms", "tokens reused", "vs baseline"],
+        [["baseline (no connector)", ms["base"], 0, 1.0],
+         ["cold, this connector (compute + store)", ms["cold"], cold[0]["from_lmcache"], ms["cold"] / ms["base"]],
+         ["warm, this connector (load)", ms["warm"], hits, ms["warm"] / ms["base"]],
+         ["warm, vLLM prefix cache (no copy)", ms["pc"], pc_hits, ms["pc"] / ms["base"]],
+         ["cold, vLLM ExampleConnector (compute + store)", ms["ex_cold"], ex_cold[0]["from_lmcache"], ms["ex_cold"] / ms["base"]],
+         ["warm, vLLM ExampleConnector (load)", ms["ex"], ex_hits, ms["ex"] / ms["base"]]],
     ))
     print(f"greedy outputs identical cold vs warm: {'yes' if identical else 'NO'}")
     plot = bar_chart(a.plot, f"vLLM CPU TTFT, {a.prefix_tokens}-token prompt, {spec.kv_bytes_per_token // 1024} KiB KV/token",
-                     ["baseline", "cold (store)", "warm (load)"], {"TTFT (ms)": [b_ms, c_ms, w_ms]}, "ms")
+                     ["baseline", "cold (store)", "warm (ours)", "warm (prefix cache)", "warm (Example)"],
+                     {"TTFT (ms)": [ms["base"], ms["cold"], ms["warm"], ms["pc"], ms["ex"]]}, "ms")
     if plot:
         print(f"plot: {plot}")
     if a.json:
         print_json_last({
-            "warm_over_cold": w_ms / c_ms,
-            "store_overhead": c_ms / b_ms,
-            "baseline_ttft_ms": b_ms,
-            "cold_ttft_ms": c_ms,
-            "warm_ttft_ms": w_ms,
-            "tokens_from_lmcache": min(hits),
+            "warm_over_cold": ms["warm"] / ms["cold"],
+            "store_overhead": ms["cold"] / ms["base"],
+            "warm_over_example": ms["warm"] / ms["ex"],
+            "warm_over_prefix_cache": ms["warm"] / ms["pc"],
+            "hit_tokens_vs_prefix_cache": hits / pc_hits if pc_hits else None,
+            "baseline_ttft_ms": ms["base"],
+            "cold_ttft_ms": ms["cold"],
+            "warm_ttft_ms": ms["warm"],
+            "prefix_cache_warm_ttft_ms": ms["pc"],
+            "example_warm_ttft_ms": ms["ex"],
+            "tokens_from_lmcache": hits,
+            "tokens_from_prefix_cache": pc_hits,
+            "tokens_from_example": ex_hits,
+            "prompt_tokens": a.prefix_tokens,
             "kv_bytes_per_prompt": moved,
             "identical_outputs": identical,
+            "cpu": cpu_model(),
         })
     return 0 if identical else 1
 
