@@ -50,6 +50,28 @@ def test_a_repeated_prompt_loads_its_tail_block_exactly(make_connectors: MakeCon
     assert helpers.all_zero(c.caches, blocks_b[5:])  # the last 60 tokens are vLLM's to compute
 
 
+@pytest.mark.parametrize("tail", [1, helpers.BLOCK - 1, helpers.BLOCK, helpers.CHUNK - 1])
+def test_tails_of_every_length_load_exactly_their_whole_blocks(make_connectors: MakeConnectors, gen: torch.Generator, tail: int) -> None:
+    c = make_connectors()
+    tokens = prompt_token_ids(2 * helpers.CHUNK + tail, offset=tail)
+    whole = block_tail.aligned(len(tokens), helpers.BLOCK)  # 512, 512, 640, 640
+    blocks_a = list(range(-(-len(tokens) // helpers.BLOCK)))
+    store_first_request(c, tokens, blocks_a)
+    stored = helpers.snapshot_blocks(c.caches, blocks_a[: whole // helpers.BLOCK])
+    helpers.scramble_blocks(c.caches, blocks_a, gen)
+
+    request = helpers.make_request("req-b", tokens)
+    blocks_b = [b + 10 for b in blocks_a]
+    helpers.zero_blocks(c.caches, blocks_b)
+    hit = whole - 1 if whole == len(tokens) else whole  # a full hit leaves vLLM the last token
+    assert c.scheduler.get_num_new_matched_tokens(request, 0) == (hit, False)
+    output = helpers.schedule_new(c.scheduler, request, blocks_b, hit)
+    result = helpers.run_worker_step(c.config, output, helpers.cpu_attn_metadata(request, blocks_b, helpers.BLOCK))
+    assert result.invalid_block_ids == set()
+    assert helpers.same_blocks(helpers.blocks_of(c.caches, blocks_b[: whole // helpers.BLOCK]), stored)
+    assert helpers.all_zero(c.caches, blocks_b[whole // helpers.BLOCK :])
+
+
 def test_a_longer_prompt_never_takes_the_tail_for_a_full_chunk(make_connectors: MakeConnectors) -> None:
     c = make_connectors()
     tokens = prompt_token_ids(PROMPT)
