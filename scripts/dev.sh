@@ -78,9 +78,10 @@ case "$cmd" in
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
   bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
+  bench-serve) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/serve_vllm.py "$@" ;;
   bench-blend) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend.py "$@" ;;
   bench-blend-vllm) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend_vllm.py "$@" ;;
   sglang-demo) exec bash "$ROOT/scripts/sglang_env.sh" run python examples/sglang_demo.py "$@" ;;
   bench-sglang) exec bash "$ROOT/scripts/sglang_env.sh" run python benchmarks/e2e_sglang.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-blend|bench-blend-vllm|sglang-demo|bench-sglang|setup|setup-deps} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-serve|bench-blend|bench-blend-vllm|sglang-demo|bench-sglang|setup|setup-deps} [args...]" >&2; exit 2 ;;
 esac

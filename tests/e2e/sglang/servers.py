@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmcache_ascend.integrations.lmcache.mp_server import free_port
+from tests.e2e.http_process import log_tail, start_process, stop, wait_http_ok  # noqa: F401 (log_tail, stop: the tests use them from here)
 
 ROOT = Path(__file__).resolve().parents[3]
 STANDIN_DIR = ROOT / "tests" / "sglang_standin"
 READY_TIMEOUT_S = 300.0
-STOP_GRACE_S = 20.0
 # CPU serving as measured in REFERENCE ("SGLang today"): the torch attention
 # backend, no overlap thread, an idle scheduler that sleeps instead of polling.
 CPU_ARGS = (
@@ -112,49 +111,7 @@ def sglang_command(
 
 
 def wait_healthy(server: SGLangServer, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"SGLang exited with {proc.returncode} before serving; log: {server.log_path}\n{log_tail(server.log_path)}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(server.url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        time.sleep(1.0)
-    raise TimeoutError(f"SGLang not healthy after {timeout_s:.0f} s; log: {server.log_path}\n{log_tail(server.log_path)}")
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM SGLang's process group (launcher, scheduler, detokenizer); SIGKILL what lingers.
-
-    The whole group gets the grace period, not only the launcher: a scheduler
-    killed while it shuts down leaves its shared-memory files behind.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        proc.poll()  # reap the launcher so the group can empty
-        time.sleep(0.2)
-    # The scheduler and detokenizer are children in the same group: never leave them behind.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace_s)
+    wait_http_ok(server.url + "/health", proc, timeout_s=timeout_s, name="SGLang", log_path=server.log_path)
 
 
 def start_sglang(
@@ -168,11 +125,7 @@ def start_sglang(
 ) -> tuple[subprocess.Popen, SGLangServer]:
     port = port or free_port()
     cmd = sglang_command(model_dir, port, lmcache_config=lmcache_config, extra_args=extra_args)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=sglang_env(backend), start_new_session=True, cwd=ROOT
-        )
+    proc = start_process(cmd, env=sglang_env(backend), log_path=log_path, cwd=ROOT)
     return proc, SGLangServer("127.0.0.1", port, proc.pid, log_path)
 
 
