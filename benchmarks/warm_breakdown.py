@@ -34,6 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
+from lmcache_ascend.integrations.vllm.runner import parse_result  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_PREFIX = "WARM_BREAKDOWN "
 
@@ -110,7 +112,7 @@ def child(raw: str) -> int:
         from warm_breakdown import measure_in_worker as measure
 
         result["phases"] = llm.collective_rpc(measure, args=(stored, args["repeat"]))[0]
-    print(CHILD_PREFIX + json.dumps(result), flush=True)
+    print("\n" + CHILD_PREFIX + json.dumps(result), flush=True)  # a line of its own (see runner.parse_result)
     return 0
 
 
@@ -124,7 +126,7 @@ def run_child(a: argparse.Namespace, prefix_cache: bool) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child"], input=json.dumps(payload), capture_output=True, text=True, env=env, timeout=900)
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_PREFIX):
-            return json.loads(line[len(CHILD_PREFIX) :])
+            return parse_result(line[len(CHILD_PREFIX) :])
     raise RuntimeError(f"engine process failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 

@@ -50,7 +50,18 @@ def run_engine(options: dict[str, Any], *, timeout_s: float = 420, env: dict[str
     if proc.returncode != 0 or len(lines) != 1:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
         raise EngineRunError(f"vLLM engine process failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[0][len(RESULT_PREFIX) :])
+    return parse_result(lines[0][len(RESULT_PREFIX) :])
+
+
+def parse_result(text: str) -> Any:
+    """The JSON value at the start of ``text``.
+
+    vLLM's engine-core process shares the child's stdout: a log line it
+    writes without a newline of its own can land right after the result on the
+    same line (seen once in ``benchmarks/e2e_vllm.py``), so trailing text is ignored.
+    """
+    value, _ = json.JSONDecoder().raw_decode(text)
+    return value
 
 
 def _child(raw: str) -> int:
@@ -75,7 +86,8 @@ def _child(raw: str) -> int:
             result["blend"] = stats["last"] if stats.get("requests", 0) > blends else {}
             blends = stats.get("requests", 0)
         results.append(result)
-    print(RESULT_PREFIX + json.dumps(results), flush=True)
+    # On a line of its own even if another process left a partial line on stdout.
+    print("\n" + RESULT_PREFIX + json.dumps(results), flush=True)
     return 0
 
 
