@@ -282,3 +282,15 @@ def make_metadata(
         role="worker",
         chunk_size=chunk_size,
     )
+
+
+def paged_engine(
+    engines: EngineFactory, geom: Geom, chunk_size: int, layout: EngineLayout = ASCEND_KV_TUPLES, *, model_name: str = "org/tiny-model", **config: Any
+) -> Any:
+    """A real LMCache engine with our paged device connector over ``geom``'s KV in ``layout``;
+    ``config``: LMCache settings (``EngineFactory.build``)."""
+    from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
+
+    meta = make_metadata(num_layers=geom.num_layers, num_heads=geom.num_heads, head_size=geom.head_size, chunk_size=chunk_size, model_name=model_name)
+    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=layout.hints)
+    return engines.build(conn, meta, **config)

@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
-from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, make_metadata, object_shape
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, object_shape, paged_engine
 from tests.kernels.reference import D2H, H2D, Geom, PagedCache, make_paged, ref_transfer
 
 CHUNK = 64
@@ -195,9 +194,7 @@ def cpu_allocator(engine: Any) -> Any:
 
 
 def build_engine(engines: EngineFactory, **config: Any) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
-    return engines.build(conn, meta, **config)
+    return paged_engine(engines, GEOM, CHUNK, **config)
 
 
 def fresh_cache() -> PagedCache:

@@ -17,8 +17,7 @@ import torch
 
 from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.disk_index import SHAPE_SUFFIX
-from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
-from tests.integrations.lmcache.conftest import CPU_HND, CacheMaker, EngineFactory, SlotPair, make_metadata, zero_cache
+from tests.integrations.lmcache.conftest import CPU_HND, CacheMaker, EngineFactory, SlotPair, paged_engine, zero_cache
 from tests.integrations.lmcache.test_disk_index import MODEL, chunk_files, disk_backend, slots_pair, store_and_flush  # noqa: F401
 from tests.integrations.lmcache.test_engine_integration import CHUNK, GEOM, moved, tokens_of
 from tests.kernels.reference import assert_cache_equal
@@ -28,9 +27,7 @@ TAIL = TOKENS - 2 * CHUNK
 
 
 def tail_engine(engines: EngineFactory, path: Path) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK, model_name=MODEL)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=CPU_HND.hints)
-    return engines.build(conn, meta, local_disk=f"file://{path}", max_local_disk_size=0.001, save_unfull_chunk=True)
+    return paged_engine(engines, GEOM, CHUNK, CPU_HND, model_name=MODEL, local_disk=f"file://{path}", max_local_disk_size=0.001, save_unfull_chunk=True)
 
 
 def stored_with_tail(engines: EngineFactory, path: Path, cache: Any, slots: torch.Tensor) -> tuple[Any, Path]:

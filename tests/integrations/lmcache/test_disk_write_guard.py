@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import plugin
-from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, make_metadata
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine
 from tests.kernels.reference import Geom, make_paged
 
 GEOM = Geom(num_layers=2, num_blocks=64, block_size=16, num_heads=2, head_size=8)
@@ -28,9 +27,7 @@ TOKENS = torch.arange(2 * CHUNK, dtype=torch.long) * 5 + 2
 
 
 def disk_engine(engines: EngineFactory, disk: Path) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
-    return engines.build(conn, meta, local_cpu=False, max_local_cpu_size=0.01, local_disk=f"file://{disk}", max_local_disk_size=0.01)
+    return paged_engine(engines, GEOM, CHUNK, local_cpu=False, max_local_cpu_size=0.01, local_disk=f"file://{disk}", max_local_disk_size=0.01)
 
 
 def settle(engine: Any, disk: Any) -> None:

@@ -19,15 +19,13 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import plugin, remote_get_guard
-from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, make_metadata, wait_until
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
 
 GEOM = Geom(num_layers=2, num_blocks=64, block_size=16, num_heads=2, head_size=8)
 CHUNK = 64
 TOKENS = torch.arange(2 * CHUNK, dtype=torch.long) * 7 + 3
-REDIS_CONNECTOR = "lmcache.v1.storage_backend.connector.redis_connector"
 
 
 def _patched_attributes() -> list[tuple[type, str]]:
@@ -35,9 +33,9 @@ def _patched_attributes() -> list[tuple[type, str]]:
 
     from lmcache.v1.storage_backend.job_executor.pq_executor import AsyncPQExecutor
 
-    module = importlib.import_module(REDIS_CONNECTOR)
+    module = importlib.import_module(remote_get_guard.REDIS_CONNECTOR)
     found: list[tuple[type, str]] = [(AsyncPQExecutor, "submit_job")]
-    found += [(getattr(module, cls), method) for _, cls, method in remote_get_guard.GETS]
+    found += [(getattr(module, cls), method) for cls, method in remote_get_guard.GETS]
     found += [(getattr(module, cls), method) for cls in remote_get_guard.BATCHED for method in ("batched_get", "support_batched_get")]
     return found
 
@@ -89,9 +87,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def local_engine(engines: EngineFactory) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
-    return engines.build(conn, meta)
+    return paged_engine(engines, GEOM, CHUNK)
 
 
 def test_a_cancelled_caller_keeps_the_queue_working_and_its_buffer_is_released(guarded: None, engines: EngineFactory, loop: asyncio.AbstractEventLoop) -> None:
@@ -120,9 +116,7 @@ def test_upstream_queue_loses_a_worker_per_cancelled_caller(upstream: None, engi
 
 
 def redis_engine(engines: EngineFactory, redis: RedisServer) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
-    return engines.build(conn, meta, local_cpu=False, max_local_cpu_size=0.01, remote_url=redis.url, remote_serde="naive", blocking_timeout_secs=5)
+    return paged_engine(engines, GEOM, CHUNK, local_cpu=False, max_local_cpu_size=0.01, remote_url=redis.url, remote_serde="naive", blocking_timeout_secs=5)
 
 
 def store(engine: Any) -> Any:

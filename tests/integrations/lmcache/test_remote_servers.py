@@ -27,9 +27,8 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import plugin
-from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, make_metadata, wait_until
+from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
 
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -147,9 +146,7 @@ def test_proxy_refuses_a_negative_delay(redis: RedisServer) -> None:
 
 
 def remote_engine(engines: EngineFactory, url: str) -> Any:
-    meta = make_metadata(num_layers=GEOM.num_layers, num_heads=GEOM.num_heads, head_size=GEOM.head_size, chunk_size=CHUNK)
-    conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=ASCEND_KV_TUPLES.hints)
-    return engines.build(conn, meta, local_cpu=False, max_local_cpu_size=0.01, remote_url=url, remote_serde="naive", blocking_timeout_secs=5)
+    return paged_engine(engines, GEOM, CHUNK, local_cpu=False, max_local_cpu_size=0.01, remote_url=url, remote_serde="naive", blocking_timeout_secs=5)
 
 
 def store_and_load(engine: Any) -> int:
