@@ -55,12 +55,9 @@ _GUARDED = "_lmcache_ascend_guarded"
 # The buffers allocated by the get running in this asyncio task (None outside one).
 _ALLOCATED: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("lmcache_ascend_remote_get_allocations", default=None)
 
-# (module, class, method) of every single-key get that allocates before its last read.
-GETS = (
-    ("lmcache.v1.storage_backend.connector.redis_connector", "RedisConnector", "_get"),
-    ("lmcache.v1.storage_backend.connector.redis_connector", "RedisClusterConnector", "_get"),
-    ("lmcache.v1.storage_backend.connector.redis_connector", "RedisSentinelConnector", "get"),
-)
+REDIS_CONNECTOR = "lmcache.v1.storage_backend.connector.redis_connector"
+# (class, method) of every single-key get in REDIS_CONNECTOR that allocates before its last read.
+GETS = (("RedisConnector", "_get"), ("RedisClusterConnector", "_get"), ("RedisSentinelConnector", "get"))
 # Connectors whose ``get`` is one queued single-key get and that have no batched get.
 BATCHED = ("RedisConnector", "RedisClusterConnector")
 
@@ -71,10 +68,10 @@ def guard_remote_gets() -> bool:
 
     from lmcache.v1.storage_backend.job_executor.pq_executor import AsyncPQExecutor
 
+    redis_connector = importlib.import_module(REDIS_CONNECTOR)
     patched = _wrap(AsyncPQExecutor, "submit_job", _shielded_submit)
-    for module, cls, method in GETS:
-        patched = _wrap(getattr(importlib.import_module(module), cls), method, _releasing_get) or patched
-    redis_connector = importlib.import_module("lmcache.v1.storage_backend.connector.redis_connector")
+    for cls, method in GETS:
+        patched = _wrap(getattr(redis_connector, cls), method, _releasing_get) or patched
     for name in BATCHED:
         cls = getattr(redis_connector, name)
         patched = _wrap(cls, "batched_get", _gathering_batched_get) or patched
