@@ -90,6 +90,17 @@ def apply_defaults(config: Any) -> Any:
     return config
 
 
+def on_host(vllm_config: Any) -> bool:
+    """vLLM runs on the CPU (its KV is host memory)."""
+    return str(vllm_config.device_config.device).startswith("cpu")
+
+
+def whole_blocks_only(vllm_config: Any, config: Any) -> bool:
+    """Only whole vLLM blocks can be moved exactly: host KV (packed blocks), except
+    under CacheBlend, whose connector moves single tokens through packing-aware views."""
+    return on_host(vllm_config) and not config.enable_blending
+
+
 def check_host_block_alignment(config: Any, block_size: int, block_tails: bool = False) -> None:
     """Refuse what host (vLLM CPU) KV cannot store exactly.
 
@@ -146,7 +157,7 @@ def register_engine(
     if existing is not None:
         return existing
     device = vllm_config.device_config.device
-    if str(device).startswith("cpu") and not config.enable_blending:
+    if whole_blocks_only(vllm_config, config):
         check_host_block_alignment(config, vllm_config.cache_config.block_size, block_tails)
     metadata = VllmServiceFactory(config, vllm_config, "worker").get_or_create_metadata()
     connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))

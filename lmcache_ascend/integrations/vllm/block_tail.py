@@ -33,6 +33,8 @@ from typing import Any
 
 from lmcache.logging import init_logger
 
+from lmcache_ascend.integrations.lmcache import plugin
+
 logger = init_logger(__name__)
 
 TAILS_KEY = "lmcache_ascend.block_tails"
@@ -44,8 +46,7 @@ def wanted(vllm_config: Any, config: Any) -> bool:
     switch = extra.get(TAILS_KEY, True)
     if not isinstance(switch, bool):
         raise TypeError(f"kv_connector_extra_config[{TAILS_KEY!r}] must be true or false, got {switch!r}")
-    host = str(vllm_config.device_config.device).startswith("cpu")
-    return switch and host and not config.enable_blending
+    return switch and plugin.whole_blocks_only(vllm_config, config)
 
 
 def configure(vllm_config: Any, config: Any) -> int | None:

@@ -100,7 +100,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         if role == KVConnectorRole.WORKER:
             plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
             remote_get_guard.guard_remote_gets()  # nor a Redis server dying during loads
-            if str(vllm_config.device_config.device).startswith("cpu"):
+            if plugin.on_host(vllm_config):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
         try:
             if role == KVConnectorRole.WORKER:
