@@ -22,6 +22,19 @@ from pathlib import Path
 STOP_GRACE_S = 20.0
 
 
+def lmcache_process_env(base: dict[str, str], backend: str | None, paths: Sequence[str]) -> dict[str, str]:
+    """``base`` for a server that loads LMCache: its device backend (``LMCACHE_DEVICE_BACKEND``,
+    removed when None), ``paths`` first on ``PYTHONPATH``, no banner, no usage reporting."""
+    env = dict(base)
+    env.pop("LMCACHE_DEVICE_BACKEND", None)
+    if backend:
+        env["LMCACHE_DEVICE_BACKEND"] = backend
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("LMCACHE_DISABLE_BANNER", "1")
+    env.setdefault("LMCACHE_TRACK_USAGE", "false")
+    return env
+
+
 def start_process(cmd: Sequence[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
     """``cmd`` in a new session (its own process group), stdout and stderr to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)

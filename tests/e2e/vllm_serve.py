@@ -32,7 +32,7 @@ from typing import Any
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND
 from lmcache_ascend.integrations.lmcache.mp_server import free_port, running_server
 from lmcache_ascend.integrations.vllm.settings import kv_transfer_config_dict, lmcache_env, mp_kv_transfer_config_dict
-from tests.e2e.http_process import start_process, stop, wait_http_ok
+from tests.e2e.http_process import lmcache_process_env, start_process, stop, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUPS = ("no connector", "prefix cache", "this connector", "multi-process")
@@ -63,17 +63,6 @@ def serve_command(model_dir: Path, port: int, *, max_model_len: int, prefix_cach
     if kv_transfer is not None:
         cmd += ["--kv-transfer-config", json.dumps(kv_transfer)]
     return cmd
-
-
-def _env(base: dict[str, str], backend: str | None, extra: dict[str, str]) -> dict[str, str]:
-    env = {**base, **extra}
-    env.pop("LMCACHE_DEVICE_BACKEND", None)
-    if backend:
-        env["LMCACHE_DEVICE_BACKEND"] = backend
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("LMCACHE_DISABLE_BANNER", "1")
-    env.setdefault("LMCACHE_TRACK_USAGE", "false")
-    return env
 
 
 @contextlib.contextmanager
@@ -108,7 +97,7 @@ def running_vllm_serve(
         port = free_port()
         log_path = work / f"vllm-serve-{setup.replace(' ', '-')}.log"
         cmd = serve_command(model_dir, port, max_model_len=max_model_len, prefix_caching=setup == "prefix cache", kv_transfer=kv_transfer)
-        proc = start_process(cmd, env=_env(base, backend, extra), log_path=log_path, cwd=ROOT)
+        proc = start_process(cmd, env=lmcache_process_env({**base, **extra}, backend, (str(ROOT),)), log_path=log_path, cwd=ROOT)
         stack.callback(stop, proc)
         server = VLLMServer("127.0.0.1", port, proc.pid, log_path, str(model_dir))
         wait_http_ok(server.url + "/v1/models", proc, timeout_s=ready_timeout_s, name=f"vllm serve ({setup})", log_path=log_path)

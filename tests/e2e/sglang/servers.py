@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmcache_ascend.integrations.lmcache.mp_server import free_port
-from tests.e2e.http_process import log_tail, start_process, stop, wait_http_ok  # noqa: F401 (log_tail, stop: the tests use them from here)
+from tests.e2e.http_process import lmcache_process_env, log_tail, start_process, stop, wait_http_ok  # noqa: F401 (log_tail, stop: the tests use them from here)
 
 ROOT = Path(__file__).resolve().parents[3]
 STANDIN_DIR = ROOT / "tests" / "sglang_standin"
@@ -86,14 +86,8 @@ def write_lmcache_config(path: Path, mp_port: int, *, host: str = "127.0.0.1", e
 
 
 def sglang_env(backend: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env.pop("LMCACHE_DEVICE_BACKEND", None)
-    if backend:
-        env["LMCACHE_DEVICE_BACKEND"] = backend
+    env = lmcache_process_env(dict(os.environ if base is None else base), backend, (str(STANDIN_DIR), str(ROOT)))
     env["SGLANG_USE_CPU_ENGINE"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STANDIN_DIR), str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("LMCACHE_DISABLE_BANNER", "1")
-    env.setdefault("LMCACHE_TRACK_USAGE", "false")
     return env
 
 
