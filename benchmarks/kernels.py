@@ -21,7 +21,9 @@ no such layout). Their memcpy column copies as many bytes as their own object ho
 Each timed call works on a different chunk (``--rotate`` chunks at different
 block ids, into different objects; memcpy likewise cycles through as many
 buffer pairs), so data is as cold in the CPU caches as in serving;
-``--rotate 1`` repeats one chunk (cache-hot).
+``--rotate 1`` repeats one chunk (cache-hot). Host copy bandwidth drifts within
+a run, so memcpy is timed in rounds alternating with ours (per format and
+direction) and ``ours/memcpy`` is the median of the per-round ratios.
 
 Prints a table (GB/s per op, direction, format) and the ratios, writes a PNG
 bar chart to ``benchmarks/results/kernels.png``; with ``--json`` the last line
@@ -36,7 +38,9 @@ raw figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,8 @@ from lmcache.lmcache_native import TransferDirection as D  # noqa: E402
 from lmcache.v1.platform import torch_ops as upstream  # noqa: E402
 
 HEADLINE = F.NL_X_TWO_NB_BS_NH_HS
+# Alternating memcpy / ours rounds per format and direction (see _measure).
+ROUNDS = 5
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -122,10 +128,24 @@ def _slots(s: Shape, gen: torch.Generator) -> torch.Tensor:
 
 
 def _measure(calls, nbytes: int, repeat: int, rotate: int, upstream_ok: bool) -> Rows:
-    """Store and load rows: ours (host), ours forced onto the torch path, upstream or None."""
+    """Store and load rows: ours (host) against memcpy of the same bytes in alternating
+    rounds, ours forced onto the torch path, upstream or None.
+
+    The host's copy bandwidth drifts by 30% within a minute on a shared VM, so
+    each round times memcpy right before ours and ``vs_memcpy`` is the median of
+    the per-round ratios; ``ours`` and ``memcpy`` are the medians of their rounds.
+    """
+    copies = _memcpy_calls(nbytes, rotate)
+    per_round = max(rotate, repeat // ROUNDS)
     out: Rows = {}
     for name, direction in (("store", D.D2H), ("load", D.H2D)):
-        row: dict[str, float | None] = {"ours": _gbps(calls(ops, direction), nbytes, repeat)}
+        ours_fns = calls(ops, direction)
+        pairs = [(_gbps(copies, nbytes, per_round), _gbps(ours_fns, nbytes, per_round)) for _ in range(ROUNDS)]
+        row: dict[str, float | None] = {
+            "ours": statistics.median(o for _, o in pairs),
+            "memcpy": statistics.median(m for m, _ in pairs),
+            "vs_memcpy": statistics.median(o / m for m, o in pairs),
+        }
         os.environ["LMCACHE_ASCEND_KERNEL_BACKEND"] = "torch"
         try:
             row["ours-torch"] = _gbps(calls(ops, direction), nbytes, max(rotate, repeat // 3))
@@ -136,7 +156,7 @@ def _measure(calls, nbytes: int, repeat: int, rotate: int, upstream_ok: bool) ->
     return out
 
 
-def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
+def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> Rows:
     layers, ptrs = _paged(fmt, s)
     chunks = [(_slots(s, gen), torch.empty(2, s.layers, s.tokens, s.heads * s.head_size, dtype=s.dtype)) for _ in range(rotate)]
     kw = dict(block_size=s.block_size, head_size=s.head_size)
@@ -151,7 +171,7 @@ def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generato
 
     out = _measure(calls, s.object_bytes, repeat, rotate, fmt in UPSTREAM_OK)
     del layers
-    return out, s.object_bytes
+    return out
 
 
 def _random(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -160,7 +180,7 @@ def _random(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.randint(-128, 128, shape, dtype=torch.int16).to(dtype)
 
 
-def bench_plane_tuple(spec: PlaneSpec, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
+def bench_plane_tuple(spec: PlaneSpec, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> Rows:
     """Format 17 through ``multi_layer_block_kv_transfer``: ours take ``[1, L, chunk, H]``
     objects, upstream ``[L, chunk, H]`` views of the same tensors."""
     planes = [(w, d or s.dtype) for w, d in spec]
@@ -189,10 +209,10 @@ def bench_plane_tuple(spec: PlaneSpec, s: Shape, repeat: int, rotate: int, gen: 
     nbytes = s.layers * chunk * row_bytes
     out = _measure(calls, nbytes, repeat, rotate, True)
     del layers
-    return out, nbytes
+    return out
 
 
-def bench_nz(fmt: KVFormat, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> tuple[Rows, int]:
+def bench_nz(fmt: KVFormat, s: Shape, repeat: int, rotate: int, gen: torch.Generator) -> Rows:
     """310P NZ: per layer (K, V), each ``[NB, NH * HS / 16, BS, 16]``; ``KV_2LTD`` objects."""
     pieces = s.heads * s.head_size // 16
     layers = [tuple(_random((s.blocks, pieces, s.block_size, 16), s.dtype) for _ in range(2)) for _ in range(s.layers)]
@@ -209,17 +229,19 @@ def bench_nz(fmt: KVFormat, s: Shape, repeat: int, rotate: int, gen: torch.Gener
 
     out = _measure(calls, s.object_bytes, repeat, rotate, False)
     del layers
-    return out, s.object_bytes
+    return out
 
 
 def _gbps(fns, nbytes: int, repeat: int) -> float:
     return nbytes / time_calls(fns, repeat=repeat) / 1e9
 
 
-def bench_memcpy(nbytes: int, repeat: int, rotate: int) -> float:
+@functools.lru_cache(maxsize=1)
+def _memcpy_calls(nbytes: int, rotate: int) -> list:
+    """``rotate`` contiguous copies of ``nbytes`` (distinct buffer pairs, cold like the chunks)."""
     nbytes = nbytes // 4 * 4
     pairs = [(torch.randn(nbytes // 4).view(torch.uint8), torch.empty(nbytes, dtype=torch.uint8)) for _ in range(rotate)]
-    return _gbps([lambda src=src, dst=dst: dst.copy_(src) for src, dst in pairs], nbytes, repeat)
+    return [lambda src=src, dst=dst: dst.copy_(src) for src, dst in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,27 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         f"cycling {a.rotate} chunk(s); torch threads {torch.get_num_threads()}"
     )
     rotate = max(1, a.rotate)
-    memcpy_by_bytes = {shape.object_bytes: bench_memcpy(shape.object_bytes, a.repeat, rotate)}
-    memcpy = memcpy_by_bytes[shape.object_bytes]  # the headline's figure, as before
     results: dict[str, Rows] = {}
-    row_memcpy: dict[str, float] = {}
     for name in tqdm(names, desc="formats", file=sys.stderr):
         if name in PLANE_TUPLES:
-            results[name], nbytes = bench_plane_tuple(PLANE_TUPLES[name], shape, a.repeat, rotate, gen)
+            results[name] = bench_plane_tuple(PLANE_TUPLES[name], shape, a.repeat, rotate, gen)
         elif name in NZ_LAYOUTS:
-            results[name], nbytes = bench_nz(NZ_LAYOUTS[name], shape, a.repeat, rotate, gen)
+            results[name] = bench_nz(NZ_LAYOUTS[name], shape, a.repeat, rotate, gen)
         else:
-            results[name], nbytes = bench_format(FORMATS[name], shape, a.repeat, rotate, gen)
-        if nbytes not in memcpy_by_bytes:
-            memcpy_by_bytes[nbytes] = bench_memcpy(nbytes, a.repeat, rotate)
-        row_memcpy[name] = memcpy_by_bytes[nbytes]
+            results[name] = bench_format(FORMATS[name], shape, a.repeat, rotate, gen)
 
     rows = []
     for name, per_dir in results.items():
-        mc = row_memcpy[name]
         for direction, r in per_dir.items():
             up = r["upstream"]
-            rows.append([name, direction, r["ours"], r["ours-torch"], up, mc, r["ours"] / mc, r["ours"] / up if up else None])
+            rows.append([name, direction, r["ours"], r["ours-torch"], up, r["memcpy"], r["vs_memcpy"], r["ours"] / up if up else None])
     print(format_table(["format", "op", "ours GB/s", "ours-torch GB/s", "upstream GB/s", "memcpy GB/s", "ours/memcpy", "ours/upstream"], rows))
 
     plot = bar_chart(
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             "ours (C++)": [r["ours"] for n in results for r in results[n].values()],
             "ours (torch path)": [r["ours-torch"] for n in results for r in results[n].values()],
             "upstream torch baseline": [r["upstream"] for n in results for r in results[n].values()],
-            "memcpy": [row_memcpy[n] for n in results for _ in results[n]],
+            "memcpy": [r["memcpy"] for n in results for r in results[n].values()],
         },
         "GB/s",
     )
@@ -289,19 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.json and head:
         store, load = results[head]["store"], results[head]["load"]
         # ours / memcpy of the same bytes, per format and direction.
-        vs_memcpy = {n: {d: r["ours"] / row_memcpy[n] for d, r in per_dir.items()} for n, per_dir in results.items()}
+        vs_memcpy = {n: {d: r["vs_memcpy"] for d, r in per_dir.items()} for n, per_dir in results.items()}
         print_json_last(
             {
                 "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),
                 "vs_memcpy_by_format": vs_memcpy,
                 "format": head,
-                "memcpy_gbps": memcpy,
+                "memcpy_gbps": statistics.median([store["memcpy"], load["memcpy"]]),
                 "store_gbps": store["ours"],
                 "load_gbps": load["ours"],
                 "upstream_store_gbps": store["upstream"],
                 "upstream_load_gbps": load["upstream"],
-                "store_vs_memcpy": store["ours"] / memcpy,
-                "load_vs_memcpy": load["ours"] / memcpy,
+                "store_vs_memcpy": store["vs_memcpy"],
+                "load_vs_memcpy": load["vs_memcpy"],
                 "store_vs_upstream": store["ours"] / store["upstream"],
                 "load_vs_upstream": load["ours"] / load["upstream"],
             }
