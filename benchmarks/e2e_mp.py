@@ -9,22 +9,36 @@ prompts: one short warm-up, ``--prompts`` cold prompts with a
 (loaded). The model is the KV-heavy random Llama of ``e2e_vllm.py``
 (64 KiB of KV per token), so moving KV is a visible part of TTFT.
 
+Two peers run the same prompts in the same run, without a server: vLLM's own
+prefix cache (no connector, no copy: the floor of a warm request, which still
+computes its last token over the whole prompt) and this project's in-process
+connector (``LMCacheAscendConnectorV1Dynamic``, LMCache's CPU tier in the
+engine process).
+
 Prints a table, writes ``benchmarks/results/e2e_mp.png``; the last line is one
 JSON object with ``ours_over_upstream`` (median warm TTFT, ascend_cpu /
-default) and the raw times.
+default), ``overhead_ours_over_upstream`` (the same for the time above the
+prefix-cache floor: what multi-process mode adds to a warm request),
+``mp_over_in_process`` (ascend_cpu / in-process connector), the CPU model and
+the raw times. For multi-process runs it also reports the server's retrieve
+window (``Retrieved N tokens in S seconds`` in the server log: from
+``prepare_retrieve`` to ``commit_retrieve``, the engine's copy out of the shared
+pool included), so a warm TTFT splits into that window and everything else
+(lookup round trips, scheduling, the last token's forward pass).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, bar_chart, format_table, print_json_last  # noqa: E402
+from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
 from lmcache_ascend.integrations.lmcache.mp_server import running_server  # noqa: E402
@@ -33,28 +47,71 @@ from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  #
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"ascend_cpu": BACKEND_NAME, "default": None}
+PEERS = {
+    "prefix_cache": "vLLM's prefix cache, no connector (the floor of a warm request)",
+    "in_process": "this project's in-process connector (LMCache CPU tier in the engine process)",
+}
+ROW_NAMES = {
+    "ascend_cpu": "MP mode, ascend_cpu",
+    "default": "MP mode, LMCache default",
+    "prefix_cache": "vLLM prefix cache (no copy)",
+    "in_process": "in-process connector",
+}
 
 
-def run_backend(name: str, a: argparse.Namespace, prompts: list[list[int]], workdir: Path) -> tuple[list[dict], list[dict]]:
-    backend = BACKENDS[name]
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": a.cores, "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib)}
+def _options(a: argparse.Namespace, prompts: list[list[int]]) -> dict:
     warmup = prompt_token_ids(300, offset=4242)
-    options = {
+    return {
         "model_dir": str(a.model_dir),
         "max_model_len": a.prefix_tokens + 64,
         "max_tokens": 4,
-        "device_backend": backend,
         "prompts": [warmup, *prompts, *prompts],
     }
-    with running_server(backend=backend, log_path=workdir / f"server-{name}.log", l1_gb=a.l1_gib, shm_name=f"lmc_bench_{name}") as srv:
-        results = run_engine({**options, "mp_port": srv.port}, rpc_dir=workdir, env=env)[1:]
-    return results[: len(prompts)], results[len(prompts) :]
+
+
+def _env(a: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": a.cores, "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib)}
+
+
+def _cold_warm(results: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    results = results[1:]  # the warm-up
+    return results[:n], results[n:]
+
+
+# LMCache's server logs the window from prepare_retrieve to commit_retrieve of
+# each request (engine_driven_transfer.py): the engine's copy out of the shared
+# L1 pool happens inside it.
+_RETRIEVED = re.compile(r"Retrieved (\d+) tokens in ([0-9.]+) seconds")
+
+
+def retrieve_windows_ms(log: str) -> list[float]:
+    """The server's retrieve windows, in log order, in milliseconds."""
+    return [float(m.group(2)) * 1000 for m in _RETRIEVED.finditer(log)]
+
+
+def run_backend(name: str, a: argparse.Namespace, prompts: list[list[int]], workdir: Path) -> tuple[list[dict], list[dict], list[float]]:
+    """Cold and warm results, and the server's retrieve windows of the warm prompts."""
+    backend = BACKENDS[name]
+    options = {**_options(a, prompts), "device_backend": backend}
+    log_path = workdir / f"server-{name}.log"
+    with running_server(backend=backend, log_path=log_path, l1_gb=a.l1_gib, shm_name=f"lmc_bench_{name}") as srv:
+        results = run_engine({**options, "mp_port": srv.port}, rpc_dir=workdir, env=_env(a))
+    windows = retrieve_windows_ms(log_path.read_text(errors="replace"))[-len(prompts):]
+    return (*_cold_warm(results, len(prompts)), windows)
+
+
+def run_peer(peer: str, a: argparse.Namespace, prompts: list[list[int]], workdir: Path) -> tuple[list[dict], list[dict]]:
+    """vLLM's prefix cache (``prefix_cache``) or the in-process connector (``in_process``)."""
+    extra = {"connector": False, "prefix_caching": True} if peer == "prefix_cache" else {"connector": True, "cpu_gib": 4.0}
+    return _cold_warm(run_engine({**_options(a, prompts), **extra}, rpc_dir=workdir, env=_env(a)), len(prompts))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
-    p.add_argument("--prefix-tokens", type=int, default=4096)
+    # One past a whole number of blocks and chunks: every run then computes only
+    # the last token, so vLLM's prefix cache is the floor of a warm request.
+    p.add_argument("--prefix-tokens", type=int, default=4097)
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--l1-gib", type=float, default=3.0, help="the server's L1 (shared memory) pool")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
@@ -65,15 +122,19 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = KV_HEAVY
     moved = a.prefix_tokens // 256 * 256 * spec.kv_bytes_per_token
-    print(f"[1/4] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
+    print(f"[1/6] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
           f"{spec.kv_bytes_per_token // 1024} KiB KV per token; {a.prefix_tokens}-token prompts move {moved / 2**20:.0f} MiB", flush=True)
     build(a.model_dir, spec)
     prompts = [prompt_token_ids(a.prefix_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
-    runs = {}
+    runs, windows = {}, {}
     with tempfile.TemporaryDirectory(prefix="lmcache-ascend-mp-bench-") as tmp:
         for i, name in enumerate(BACKENDS, start=2):
-            print(f"[{i}/4] lmcache server + vLLM CPU, device backend {name}", flush=True)
-            runs[name] = run_backend(name, a, prompts, Path(tmp))
+            print(f"[{i}/6] lmcache server + vLLM CPU, device backend {name}", flush=True)
+            cold, warm, windows[name] = run_backend(name, a, prompts, Path(tmp))
+            runs[name] = (cold, warm)
+        for i, (peer, what) in enumerate(PEERS.items(), start=4):
+            print(f"[{i}/6] {what}", flush=True)
+            runs[peer] = run_peer(peer, a, prompts, Path(tmp))
 
     def med(results: list[dict]) -> float:
         return statistics.median(r["ttft_s"] for r in results) * 1000
@@ -81,11 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, same = [], True
     for name, (cold, warm) in runs.items():
         same &= all(c["token_ids"] == w["token_ids"] for c, w in zip(cold, warm))
-        rows.append([name, med(cold), med(warm), min(w["from_lmcache"] for w in warm)])
-    ours, upstream = med(runs["ascend_cpu"][1]), med(runs["default"][1])
-    print(f"[4/4] results (median of {a.prompts} prompts)")
-    print(format_table(["device backend", "cold TTFT ms", "warm TTFT ms", "tokens from LMCache"], rows))
-    print(f"warm TTFT ascend_cpu / default: {ours / upstream:.2f}; greedy outputs identical cold vs warm: {'yes' if same else 'NO'}")
+        rows.append([ROW_NAMES[name], med(cold), med(warm), min(w["from_lmcache"] for w in warm)])
+    warm_ms = {name: med(warm) for name, (_, warm) in runs.items()}
+    ours, upstream, floor = warm_ms["ascend_cpu"], warm_ms["default"], warm_ms["prefix_cache"]
+    print(f"[6/6] results on {cpu_model()} (median of {a.prompts} prompts)")
+    for row, name in zip(rows, runs):
+        row.append(statistics.median(windows[name]) if windows.get(name) else None)
+    print(format_table(["run", "cold TTFT ms", "warm TTFT ms", "tokens reused", "server retrieve window ms"], rows))
+    print(f"warm TTFT ascend_cpu / default: {ours / upstream:.2f}; above the prefix-cache floor "
+          f"({floor:.0f} ms): {(ours - floor) / (upstream - floor):.2f}; ascend_cpu / in-process connector: "
+          f"{ours / warm_ms['in_process']:.2f}; greedy outputs identical cold vs warm: {'yes' if same else 'NO'}")
     plot = bar_chart(a.plot, f"LMCache MP mode, vLLM CPU, {a.prefix_tokens}-token prompt", [r[0] for r in rows],
                      {"cold TTFT": [r[1] for r in rows], "warm TTFT": [r[2] for r in rows]}, "ms")
     if plot:
@@ -93,12 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print_json_last({
             "ours_over_upstream": ours / upstream,
+            "overhead_ours_over_upstream": (ours - floor) / (upstream - floor),
+            "mp_over_in_process": ours / warm_ms["in_process"],
             "warm_ttft_ms_ascend_cpu": ours,
             "warm_ttft_ms_default": upstream,
+            "warm_ttft_ms_prefix_cache": floor,
+            "warm_ttft_ms_in_process": warm_ms["in_process"],
+            "server_retrieve_ms_ascend_cpu": statistics.median(windows["ascend_cpu"]) if windows["ascend_cpu"] else None,
+            "server_retrieve_ms_default": statistics.median(windows["default"]) if windows["default"] else None,
             "cold_ttft_ms_ascend_cpu": med(runs["ascend_cpu"][0]),
             "cold_ttft_ms_default": med(runs["default"][0]),
             "kv_bytes_per_prompt": moved,
             "identical_outputs": same,
+            "cpu": cpu_model(),
         })
     return 0 if same else 1
 
