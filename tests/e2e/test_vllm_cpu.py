@@ -39,6 +39,14 @@ def test_warm_run_is_served_by_lmcache_and_matches_cold(model_dir: Path, run_vll
     assert partial["token_ids"] != cold["token_ids"]  # a different prompt: the model is not constant
 
 
+def test_newer_lmcache_ascend_configuration_form(model_dir: Path, run_vllm) -> None:
+    """``"kv_connector": "LMCacheAscendConnector"`` with ``lmcache_ascend.integration.vllm.lmcache_ascend_connector``."""
+    cold, warm = run_vllm(model_dir=model_dir, prompts=[PROMPT, PROMPT], connector_form="ascend")
+    assert (cold["from_lmcache"], warm["from_lmcache"]) == (0, len(PROMPT) - 1)
+    assert warm["token_ids"] == cold["token_ids"]
+    assert _close(warm["logprobs"], cold["logprobs"])
+
+
 def test_fresh_process_hits_the_disk_tier_and_corruption_is_detected(model_dir: Path, run_vllm, tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     (first,) = run_vllm(model_dir=model_dir, prompts=[PROMPT], disk_dir=disk)

@@ -49,6 +49,8 @@ class LLMOptions:
     # vLLM's own disk ``ExampleConnector`` storing under this directory.
     prefix_caching: bool = False
     example_storage: Path | None = None
+    # Which configuration form names the connector (settings.CONNECTOR_FORMS).
+    connector_form: str = "v1_dynamic"
 
     def __post_init__(self) -> None:
         if self.example_storage is not None and (self.connector or self.mp_port is not None):
@@ -88,7 +90,7 @@ def start_llm(opts: LLMOptions) -> Any:
     if opts.mp_port is not None:
         kwargs["kv_transfer_config"] = KVTransferConfig(**mp_kv_transfer_config_dict(opts.mp_port))
     elif opts.connector:
-        kwargs["kv_transfer_config"] = kv_transfer_config(None if opts.block_tails else {TAILS_KEY: False})
+        kwargs["kv_transfer_config"] = kv_transfer_config(None if opts.block_tails else {TAILS_KEY: False}, opts.connector_form)
     elif opts.example_storage is not None:
         kwargs["kv_transfer_config"] = KVTransferConfig(
             kv_connector="ExampleConnector", kv_role="kv_both", kv_connector_extra_config={"shared_storage_path": str(opts.example_storage)}

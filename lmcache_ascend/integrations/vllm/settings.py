@@ -16,24 +16,29 @@ from typing import Any
 CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
 CONNECTOR_MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
 MP_CONNECTOR = "LMCacheMPConnector"  # vLLM's connector for LMCache's multi-process mode
+# The configuration forms that name this package's connector: (kv_connector,
+# kv_connector_module_path). "v1_dynamic" is the one this project documents first.
+CONNECTOR_FORMS: dict[str, tuple[str, str]] = {
+    "v1_dynamic": (CONNECTOR, CONNECTOR_MODULE),
+    "ascend": ("LMCacheAscendConnector", "lmcache_ascend.integration.vllm.lmcache_ascend_connector"),
+}
 
 
-def kv_transfer_config_dict(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``--kv-transfer-config`` JSON object."""
-    cfg: dict[str, Any] = {
-        "kv_connector": CONNECTOR,
-        "kv_role": "kv_both",
-        "kv_connector_module_path": CONNECTOR_MODULE,
-    }
+def kv_transfer_config_dict(extra: dict[str, Any] | None = None, form: str = "v1_dynamic") -> dict[str, Any]:
+    """The ``--kv-transfer-config`` JSON object, in configuration form ``form`` (see CONNECTOR_FORMS)."""
+    if form not in CONNECTOR_FORMS:
+        raise ValueError(f"form must be one of {sorted(CONNECTOR_FORMS)}, got {form!r}")
+    name, module = CONNECTOR_FORMS[form]
+    cfg: dict[str, Any] = {"kv_connector": name, "kv_role": "kv_both", "kv_connector_module_path": module}
     if extra:
         cfg["kv_connector_extra_config"] = dict(extra)
     return cfg
 
 
-def kv_transfer_config(extra: dict[str, Any] | None = None) -> Any:
+def kv_transfer_config(extra: dict[str, Any] | None = None, form: str = "v1_dynamic") -> Any:
     from vllm.config import KVTransferConfig
 
-    return KVTransferConfig(**kv_transfer_config_dict(extra))
+    return KVTransferConfig(**kv_transfer_config_dict(extra, form))
 
 
 def mp_kv_transfer_config_dict(port: int, host: str = "127.0.0.1", transfer_mode: str = "engine_driven") -> dict[str, Any]:

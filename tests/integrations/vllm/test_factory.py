@@ -26,6 +26,25 @@ def test_compatibility_module_exposes_the_same_class() -> None:
     assert settings.CONNECTOR == LMCacheAscendConnectorV1Dynamic.__name__
 
 
+def test_newer_lmcache_ascend_path_names_the_same_class() -> None:
+    name, module_path = settings.CONNECTOR_FORMS["ascend"]
+    module = importlib.import_module(module_path)
+
+    assert name == "LMCacheAscendConnector"
+    assert module.LMCacheAscendConnector is LMCacheAscendConnectorV1Dynamic
+    assert module.__all__ == [name]
+    config = settings.kv_transfer_config(form="ascend")
+    assert (config.kv_connector, config.kv_connector_module_path) == (name, module_path)
+    assert KVConnectorFactory.get_connector_class(config) is LMCacheAscendConnectorV1Dynamic
+    # Not SupportsHMA yet: vLLM keeps its hybrid KV manager off for this form too.
+    assert KVConnectorFactory.supports_hma_config(config) is False
+
+
+def test_unknown_configuration_form_is_refused() -> None:
+    with pytest.raises(ValueError, match="form must be one of"):
+        settings.kv_transfer_config_dict(form="LMCacheAscendConnector")
+
+
 @pytest.mark.parametrize(
     "module_path",
     [settings.CONNECTOR_MODULE, "lmcache_ascend.integrations.vllm.connector_v1"],
