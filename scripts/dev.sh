@@ -68,12 +68,18 @@ setup() {
   fi
 }
 
+# What only the tests need: vllm-ascend's source for the connector-name tests
+# (extracted, never installed: scripts/vllm_ascend_src.sh).
+test_assets() {
+  LMCACHE_ASCEND_VENV="$VENV" bash "$ROOT/scripts/vllm_ascend_src.sh" >/dev/null
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
   setup) setup ;;
   setup-deps) deps_current || install_deps ;;
-  test) setup; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) setup; test_assets; cd "$ROOT" && exec "$VENV/bin/python" -m pytest "$@" ;;
   demo) setup; cd "$ROOT" && exec "$VENV/bin/python" examples/offline_vllm.py "$@" ;;
   bench) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/kernels.py "$@" ;;
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;

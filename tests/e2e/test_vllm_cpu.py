@@ -12,6 +12,7 @@ changes the output.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def test_newer_lmcache_ascend_configuration_form(model_dir: Path, run_vllm) -> N
     assert (cold["from_lmcache"], warm["from_lmcache"]) == (0, len(PROMPT) - 1)
     assert warm["token_ids"] == cold["token_ids"]
     assert _close(warm["logprobs"], cold["logprobs"])
+
+
+def test_vllm_ascend_registered_name(model_dir: Path, tmp_path: Path) -> None:
+    """``{"kv_connector": "LMCacheAscendConnector"}`` alone, the name vllm-ascend's real plugin registers."""
+    from lmcache_ascend.integrations.vllm.runner import run_engine
+    from tests import vllm_ascend_kit as kit
+
+    env = {**os.environ, "PYTHONPATH": kit.pythonpath(kit.source_dir(), tmp_path / "plugins")}
+    cold, warm = run_engine(
+        {"model_dir": model_dir, "prompts": [PROMPT, PROMPT], "connector_form": "vllm_ascend", "disk_dir": tmp_path / "disk"},
+        env=env,
+        rpc_dir=tmp_path,
+    )
+    assert (cold["from_lmcache"], warm["from_lmcache"]) == (0, len(PROMPT) - 1)
+    assert warm["token_ids"] == cold["token_ids"]
+    assert _close(warm["logprobs"], cold["logprobs"])
+    assert sorted((tmp_path / "disk").glob("*.pt")), "this package's connector (disk tier) did not store"
 
 
 def test_fresh_process_hits_the_disk_tier_and_corruption_is_detected(model_dir: Path, run_vllm, tmp_path: Path) -> None:

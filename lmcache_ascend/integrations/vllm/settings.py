@@ -17,10 +17,13 @@ CONNECTOR = "LMCacheAscendConnectorV1Dynamic"
 CONNECTOR_MODULE = "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"
 MP_CONNECTOR = "LMCacheMPConnector"  # vLLM's connector for LMCache's multi-process mode
 # The configuration forms that name this package's connector: (kv_connector,
-# kv_connector_module_path). "v1_dynamic" is the one this project documents first.
-CONNECTOR_FORMS: dict[str, tuple[str, str]] = {
+# kv_connector_module_path or None). "v1_dynamic" is the one this project
+# documents first; "vllm_ascend" is the bare name vllm-ascend registers
+# (served through vllm_ascend_hook.py).
+CONNECTOR_FORMS: dict[str, tuple[str, str | None]] = {
     "v1_dynamic": (CONNECTOR, CONNECTOR_MODULE),
     "ascend": ("LMCacheAscendConnector", "lmcache_ascend.integration.vllm.lmcache_ascend_connector"),
+    "vllm_ascend": ("LMCacheAscendConnector", None),
 }
 
 
@@ -29,7 +32,9 @@ def kv_transfer_config_dict(extra: dict[str, Any] | None = None, form: str = "v1
     if form not in CONNECTOR_FORMS:
         raise ValueError(f"form must be one of {sorted(CONNECTOR_FORMS)}, got {form!r}")
     name, module = CONNECTOR_FORMS[form]
-    cfg: dict[str, Any] = {"kv_connector": name, "kv_role": "kv_both", "kv_connector_module_path": module}
+    cfg: dict[str, Any] = {"kv_connector": name, "kv_role": "kv_both"}
+    if module is not None:
+        cfg["kv_connector_module_path"] = module
     if extra:
         cfg["kv_connector_extra_config"] = dict(extra)
     return cfg
