@@ -73,7 +73,9 @@ def multi_layer_kv_transfer(
     direction = check_direction(direction)
     kv = check_tensor(key_value, "key_value", ndim=4)
     kv_planes, num_layers, num_tokens, row = kv.shape
-    pbs = check_int(page_buffer_size, "page_buffer_size", 1)
+    # LMCache's CUDA kernel ignores page_buffer_size for MLA, and its own tests
+    # pass 0 there; the paged tensors then give the slot count (see below).
+    pbs = check_int(page_buffer_size, "page_buffer_size", 0 if spec.mla else 1)
     skip = check_int(skip_prefix_n_tokens, "skip_prefix_n_tokens")
     scalars = dict(
         kv_planes=kv_planes,
@@ -90,6 +92,8 @@ def multi_layer_kv_transfer(
         geometry, fused = _plane_tuple_geometry(key_value_ptrs, **scalars), False
     elif first is not None:
         geometry, fused = _geometry_from_tensors(spec, first, **scalars)
+    elif pbs == 0:
+        fail(ValueError, "page_buffer_size", "is 0, which needs the paged tensors: a pointer table does not say how many slots a buffer holds")
     else:
         geometry, fused = slot_geometry(spec, **scalars)
     device = check_device(paged_memory_device, "paged_memory_device")
@@ -107,7 +111,7 @@ def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeom
         fail(ValueError, "key_value", f"has {kv_planes} K/V planes, which {spec.fmt.name} does not produce")
     g = tensor_geometry(spec, tuple(first.shape), first.element_size(), scalars["num_layers"], "key_value_ptrs[0]")
     g = dataclasses.replace(g, block_stride_elems=scalars["block_stride_elems"])
-    if g.num_slots != scalars["page_buffer_size"]:
+    if scalars["page_buffer_size"] not in (0, g.num_slots):  # 0: MLA only (checked above)
         fail(ValueError, "page_buffer_size", f"is {scalars['page_buffer_size']} but the paged tensors hold {g.num_slots} slots")
     if scalars["block_size"] and block_size_matters(spec) and scalars["block_size"] != g.block_size:
         fail(ValueError, "block_size", f"is {scalars['block_size']} but the paged tensors have blocks of {g.block_size}")
@@ -122,7 +126,7 @@ def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
     g = tuple_geometry(arg, "key_value_ptrs", scalars["num_layers"])
     if scalars["kv_planes"] != 1:
         fail(ValueError, "key_value", f"must be [1, L, T, H] for plane tuples, got {scalars['kv_planes']} K/V planes")
-    if g.num_slots != scalars["page_buffer_size"]:
+    if scalars["page_buffer_size"] not in (0, g.num_slots):
         fail(ValueError, "page_buffer_size", f"is {scalars['page_buffer_size']} but the planes hold {g.num_slots} slots")
     if g.head_size != scalars["row_elems"]:
         fail(ValueError, "key_value", f"rows have {scalars['row_elems']} elements; the planes pack {g.head_size} per token")

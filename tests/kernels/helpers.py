@@ -66,6 +66,7 @@ def call_multi_layer(
     block_size: int | None = None,
     head_size: int | None = None,
     block_stride_elems: int = 0,
+    page_buffer_size: int | None = None,
 ) -> None:
     g = cache.geom
     ops.multi_layer_kv_transfer(
@@ -73,7 +74,7 @@ def call_multi_layer(
         paged_arg(cache, form),
         slots,
         torch.device("cpu"),
-        g.num_slots,
+        g.num_slots if page_buffer_size is None else page_buffer_size,
         direction,
         ops.EngineKVFormat(cache.fmt),
         g.block_size if block_size is None else block_size,

@@ -95,6 +95,30 @@ def test_tensor_forms(backend: str, fmt: int, form: str, direction: int, gen: to
     )
 
 
+MLA_SLOT_FORMATS = (3, 5)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
+@pytest.mark.parametrize("fmt", MLA_SLOT_FORMATS, ids=[FORMAT_NAMES[f] for f in MLA_SLOT_FORMATS])
+def test_mla_page_buffer_size_zero_takes_the_slots_from_the_tensors(backend: str, fmt: int, direction: int, gen: torch.Generator) -> None:
+    """LMCache's CUDA kernel ignores page_buffer_size for MLA and its tests pass 0."""
+    cache, obj, slots = _setup(fmt, False, torch.bfloat16, 37, 5, gen)
+    check_against_reference(
+        cache, obj, slots, direction, lambda c, o: call_multi_layer(c, o, slots, direction, form="list", page_buffer_size=0)
+    )
+    bad = slots.clone()
+    bad[4] = G.num_slots  # the tensors' slot count still bounds the slots
+    with pytest.raises(ValueError, match="slot_mapping"):
+        call_multi_layer(cache, obj, bad, direction, form="list", page_buffer_size=0)
+
+
+@pytest.mark.parametrize("fmt", MLA_SLOT_FORMATS, ids=[FORMAT_NAMES[f] for f in MLA_SLOT_FORMATS])
+def test_mla_page_buffer_size_zero_needs_the_tensors(fmt: int, gen: torch.Generator) -> None:
+    cache, obj, slots = _setup(fmt, False, torch.bfloat16, 8, 0, gen)
+    with pytest.raises(ValueError, match="page_buffer_size is 0, which needs the paged tensors"):
+        call_multi_layer(cache, obj, slots, DIRECTIONS["store"], form="ptr", page_buffer_size=0)
+
+
 BLOCKS_FIRST = [(12, False), (12, True), (13, False), (13, True), (3, False)]
 
 
