@@ -89,6 +89,22 @@ def test_plane_tuple_multi_layer(backend: str, layout: str, direction: int, case
     check(cache, obj, run, lambda c, o: ref_plane_transfer(c, o, slots, direction, skip), _moves(num_tokens, holes, skip))
 
 
+@pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
+@pytest.mark.parametrize("layout", list(PLANE_LAYOUTS))
+def test_plane_tuple_page_buffer_size_zero(backend: str, layout: str, direction: int, gen: torch.Generator) -> None:
+    """MLA plane tuples take page_buffer_size=0 (as LMCache's CUDA op); the planes give the slots."""
+    planes = PLANE_LAYOUTS[layout]
+    cache = make_plane_cache(planes, NL, NB, BS, gen)
+    h = row_elems(planes)
+    obj = random_tensor((1, NL, 29, h), planes[0][1], gen)
+    slots = random_slots(29, NS, gen, 4)
+
+    def run(c: Cache, o: torch.Tensor) -> None:
+        ops.multi_layer_kv_transfer(o, c.arg(), slots, CPU, 0, direction, F17, BS, h)
+
+    check(cache, obj, run, lambda c, o: ref_plane_transfer(c, o, slots, direction, 0), True)
+
+
 @pytest.mark.parametrize("layout", list(PLANE_LAYOUTS))
 def test_plane_tuple_round_trip(backend: str, layout: str, gen: torch.Generator) -> None:
     """Store from one cache, load into another: the live slots end up equal, the rest is kept."""
