@@ -17,6 +17,12 @@ connectors (``connectors``), which take vllm-mindspore's per-layer KV, a
 ``(K, V)`` tuple of ``[num_blocks, block_size, num_kv_heads, head_size]``
 MindSpore tensors (``(latent,)`` for MLA).
 
+LMCache's layerwise mode is refused at start-up, in both roles: vllm-mindspore's
+models never call ``save_kv_layer`` or ``wait_for_layer_load`` (read in
+vllm-mindspore 0.5.1), so a layerwise engine would store and load nothing, and
+say nothing about it. CacheBlend, which needs layerwise mode, is refused by the
+device connector factory as well.
+
 Not verified with ``vllm_mindspore`` itself (it needs ``msadapter``, a torch
 shim that cannot share an environment with the real torch LMCache runs on
 here); the device connectors are tested with real MindSpore and LMCache.
@@ -26,8 +32,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.mindspore.connectors import create_device_connector
 from lmcache_ascend.integrations.vllm import connector_v1
+
+LAYERWISE_REFUSED = (
+    "use_layerwise: vllm-mindspore's models never call save_kv_layer or wait_for_layer_load, so a "
+    "layerwise LMCache engine would store and load nothing; set use_layerwise: false "
+    "(LMCACHE_USE_LAYERWISE=False) for vllm-mindspore"
+)
 
 
 def _make_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any) -> Any:
@@ -37,3 +52,8 @@ def _make_device_connector(config: Any, metadata: Any, device: Any, layout_hints
 
 class LMCacheAscendConnectorV1Dynamic(connector_v1.LMCacheAscendConnectorV1Dynamic):
     make_device_connector = staticmethod(_make_device_connector)
+
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
+        if plugin.apply_defaults(plugin.lmcache_config(vllm_config)).use_layerwise:
+            raise ValueError(LAYERWISE_REFUSED)
+        super().__init__(vllm_config, role, kv_cache_config)

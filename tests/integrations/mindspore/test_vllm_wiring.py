@@ -25,7 +25,7 @@ from vllm.utils.func_utils import supports_kw  # noqa: E402
 from lmcache_ascend import build_info  # noqa: E402
 from lmcache_ascend.integrations.lmcache.plugin import ENGINE_NAME  # noqa: E402
 from lmcache_ascend.integrations.mindspore import flavour, vllm_connector  # noqa: E402
-from lmcache_ascend.integrations.mindspore.connectors import MindSporeLayerwiseConnector, MindSporePagedConnector  # noqa: E402
+from lmcache_ascend.integrations.mindspore.connectors import MindSporePagedConnector  # noqa: E402
 from lmcache_ascend.integrations.vllm import connector_v1  # noqa: E402
 from tests.integrations.vllm import helpers  # noqa: E402
 from tests.integrations.vllm.conftest import distributed, lmcache_env, tiny_model_dir, vllm_session_env  # noqa: E402, F401
@@ -56,11 +56,18 @@ def test_vllm_factory_resolves_the_mindspore_class() -> None:
     assert cls.__abstractmethods__ == frozenset()
 
 
-@pytest.mark.parametrize("layerwise", [False, True], ids=["paged", "layerwise"])
-def test_worker_registers_lmcache_with_the_mindspore_device_connector(
-    lmcache_env: pytest.MonkeyPatch, tiny_model_dir: Path, layerwise: bool
-) -> None:
-    lmcache_env.setenv("LMCACHE_USE_LAYERWISE", str(layerwise))
+@pytest.mark.parametrize("role", [KVConnectorRole.SCHEDULER, KVConnectorRole.WORKER], ids=["scheduler", "worker"])
+def test_layerwise_is_refused_at_start_up(lmcache_env: pytest.MonkeyPatch, tiny_model_dir: Path, role: KVConnectorRole) -> None:
+    """vllm-mindspore's models never call the layerwise hooks: nothing would be stored, silently."""
+    lmcache_env.setenv("LMCACHE_USE_LAYERWISE", "True")
+    config = helpers.vllm_config(tiny_model_dir)
+    with pytest.raises(ValueError, match="^use_layerwise: vllm-mindspore's models never call save_kv_layer"):
+        MS_CLASS(config, role, helpers.kv_cache_config(config))
+    assert LMCacheEngineBuilder.get(ENGINE_NAME) is None
+
+
+def test_worker_registers_lmcache_with_the_mindspore_device_connector(lmcache_env: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    lmcache_env.setenv("LMCACHE_USE_LAYERWISE", "False")
     config = helpers.vllm_config(tiny_model_dir)
     kv_config = helpers.kv_cache_config(config)
 
@@ -70,8 +77,7 @@ def test_worker_registers_lmcache_with_the_mindspore_device_connector(
     try:
         engine = LMCacheEngineBuilder.get(ENGINE_NAME)
         assert worker.lmcache_engine is engine
-        expected = MindSporeLayerwiseConnector if layerwise else MindSporePagedConnector
-        assert type(engine.gpu_connector) is expected
+        assert type(engine.gpu_connector) is MindSporePagedConnector
         assert engine.gpu_connector.num_layers == config.model_config.get_num_layers(config.parallel_config)
         assert engine.config.pre_caching_hash_algorithm == "sha256_cbor"
     finally:
