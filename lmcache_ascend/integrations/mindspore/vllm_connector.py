@@ -23,6 +23,11 @@ vllm-mindspore 0.5.1), so a layerwise engine would store and load nothing, and
 say nothing about it. CacheBlend, which needs layerwise mode, is refused by the
 device connector factory as well.
 
+vllm-mindspore swallows every exception raised in ``execute_model`` (where vLLM
+calls ``start_load_kv`` and ``wait_for_save``) and returns an empty output. So
+a failure in either is logged here at error level, once per failed call, with the ids
+of the step's requests and the traceback, before it propagates.
+
 Not verified with ``vllm_mindspore`` itself (it needs ``msadapter``, a torch
 shim that cannot share an environment with the real torch LMCache runs on
 here); the device connectors are tested with real MindSpore and LMCache.
@@ -30,13 +35,18 @@ here); the device connectors are tested with real MindSpore and LMCache.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 
 from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.mindspore.connectors import create_device_connector
 from lmcache_ascend.integrations.vllm import connector_v1
+
+logger = init_logger(__name__)
 
 LAYERWISE_REFUSED = (
     "use_layerwise: vllm-mindspore's models never call save_kv_layer or wait_for_layer_load, so a "
@@ -57,3 +67,26 @@ class LMCacheAscendConnectorV1Dynamic(connector_v1.LMCacheAscendConnectorV1Dynam
         if plugin.apply_defaults(plugin.lmcache_config(vllm_config)).use_layerwise:
             raise ValueError(LAYERWISE_REFUSED)
         super().__init__(vllm_config, role, kv_cache_config)
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        with self._failure_logged("start_load_kv"):
+            super().start_load_kv(forward_context, **kwargs)
+
+    def wait_for_save(self) -> None:
+        with self._failure_logged("wait_for_save"):
+            super().wait_for_save()
+
+    @contextmanager
+    def _failure_logged(self, step: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            logger.error(
+                "lmcache_ascend: %s failed for requests %s (vllm-mindspore drops this error and "
+                "returns empty outputs)", step, self._step_request_ids(), exc_info=True,
+            )
+            raise
+
+    def _step_request_ids(self) -> list[str]:
+        metadata = getattr(self, "_connector_metadata", None)  # None: nothing bound this step
+        return [r.req_id for r in getattr(metadata, "requests", [])]

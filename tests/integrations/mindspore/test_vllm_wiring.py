@@ -84,3 +84,33 @@ def test_worker_registers_lmcache_with_the_mindspore_device_connector(lmcache_en
         worker.shutdown()
         scheduler.shutdown()
         LMCacheEngineBuilder.destroy(ENGINE_NAME)
+
+
+@pytest.mark.parametrize("step", ["start_load_kv", "wait_for_save"])
+def test_a_failed_step_is_logged_once_with_its_requests(
+    lmcache_env: pytest.MonkeyPatch, tiny_model_dir: Path, step: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """vllm-mindspore swallows exceptions from execute_model: the connector must have said it."""
+    from lmcache.integration.vllm.vllm_v1_adapter import LMCacheConnectorMetadata, ReqMeta
+
+    lmcache_env.setenv("LMCACHE_USE_LAYERWISE", "False")
+    config = helpers.vllm_config(tiny_model_dir)
+    worker = MS_CLASS(config, KVConnectorRole.WORKER, helpers.kv_cache_config(config))
+    try:
+        worker.bind_connector_metadata(LMCacheConnectorMetadata(requests=[ReqMeta(req_id="req-7", token_ids=[1, 2], slot_mapping=None)]))
+
+        def boom(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("tier went away")
+
+        lmcache_env.setattr(connector_v1.LMCacheAscendConnectorV1Dynamic, step, boom)
+        call = (lambda: worker.start_load_kv(None)) if step == "start_load_kv" else worker.wait_for_save
+        caplog.set_level("ERROR")
+        for _ in range(2):  # two steps fail: each is logged once
+            with pytest.raises(RuntimeError, match="tier went away"):
+                call()
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "lmcache_ascend" in r.getMessage()]
+        assert len(errors) == 2
+        assert all(f"{step} failed for requests ['req-7']" in r.getMessage() and r.exc_info for r in errors)
+    finally:
+        worker.shutdown()
+        LMCacheEngineBuilder.destroy(ENGINE_NAME)
