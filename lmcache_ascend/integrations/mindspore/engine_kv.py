@@ -7,7 +7,13 @@ vllm-mindspore registers its KV per layer as a tuple of MindSpore tensors:
 - ``(latent,)`` for MLA models, ``[num_blocks, block_size, 1, head_size]``;
   the size-1 axis does not move any byte, so it is described as
   ``[num_blocks, block_size, head_size]`` (format 3, ``NL_X_NB_BS_HS``).
-  A bare ``[num_blocks, block_size, head_size]`` tensor per layer is taken too.
+  A bare ``[num_blocks, block_size, head_size]`` tensor per layer is taken too;
+- ``(latent, rope)`` for MLA with ``ms_custom_ops`` (RingMLA, the usual
+  DeepSeek set-up on Ascend): ``[num_blocks, block_size, 1, kv_lora_rank]`` and
+  ``[num_blocks, block_size, 1, qk_rope_head_dim]``, the plane tuple of format
+  17 (``NL_X_NP_X_NB_BS_ONE_HS``), whose memory objects are the PyTorch
+  flavour's ``KV_MLA_FMT`` rows ``latent | rope``. A 2-tuple is told from
+  ``(K, V)`` by its planes' widths; equal widths with one head are ``(K, V)``.
 
 :func:`describe_kv` turns that structure into a :class:`MindSporeKV` (layout,
 pointer table); :class:`MindSporeKVCache` redoes it only when the engine's
@@ -32,7 +38,7 @@ from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_
 from lmcache_ascend.core.kv_format import KVFormat
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 
-KV_FORMATS = (KVFormat.NL_X_TWO_X_NB_BS_NH_HS, KVFormat.NL_X_NB_BS_HS)
+KV_FORMATS = (KVFormat.NL_X_TWO_X_NB_BS_NH_HS, KVFormat.NL_X_NB_BS_HS, KVFormat.NL_X_NP_X_NB_BS_ONE_HS)
 
 
 def synchronize() -> None:
@@ -51,7 +57,7 @@ class MindSporeKV(LayoutFacts):
     tensors: tuple[Any, ...]  # the engine's tensors, kept referenced while in use
 
     def layer_ptrs(self, layer: int) -> np.ndarray:
-        """Pointer table of one layer (``[K, V]`` or ``[latent]``)."""
+        """Pointer table of one layer (``[K, V]``, ``[latent]`` or ``[latent, rope]``)."""
         per_layer = len(self.ptrs) // self.num_layers
         return self.ptrs[layer * per_layer : (layer + 1) * per_layer]
 
@@ -76,7 +82,7 @@ def _layer_tree(layer: Any, index: int) -> TensorDesc | list[TensorDesc]:
         return [describe(layer[0]), describe(layer[1])]
     if len(layer) == 1:
         return _squeeze_heads(describe(layer[0]), where + "[0]")
-    raise ValueError(f"kvcaches{where} holds {len(layer)} tensors; expected (K, V) or (latent,)")
+    raise ValueError(f"kvcaches{where} holds {len(layer)} tensors; expected (K, V), (latent,) or (latent, rope)")
 
 
 def describe_kv(kvcaches: Sequence[Any]) -> MindSporeKV:
@@ -89,13 +95,15 @@ def describe_kv(kvcaches: Sequence[Any]) -> MindSporeKV:
         raise TypeError(f"kvcaches: {exc}") from None
     kinds = {isinstance(node, list) for node in tree}
     if len(kinds) > 1:
-        raise ValueError("kvcaches mixes (K, V) layers and MLA latent layers")
+        raise ValueError("kvcaches mixes 2-tuples ((K, V) or (latent, rope)) and (latent,) layers")
     try:
         layout = detect_kv_layout(tree, "vllm")
     except ValueError as exc:
         raise ValueError(f"kvcaches: {exc}") from None
     if layout.fmt not in KV_FORMATS:
-        raise ValueError(f"kvcaches has layout {layout.fmt.name}; MindSpore KV must be (K, V) or MLA latent tuples")
+        raise ValueError(
+            f"kvcaches has layout {layout.fmt.name}; MindSpore KV must be (K, V), (latent,) or (latent, rope) tuples"
+        )
     if layout.device != "cpu":
         raise ValueError(
             f"kvcaches is on {layout.device}: this release moves host-resident MindSpore KV only "

@@ -15,7 +15,7 @@ it, every LMCache tier, deterministic chunk keys, disk-tier recovery) with one
 difference: the worker's LMCache engine is registered with the MindSpore device
 connectors (``connectors``), which take vllm-mindspore's per-layer KV, a
 ``(K, V)`` tuple of ``[num_blocks, block_size, num_kv_heads, head_size]``
-MindSpore tensors (``(latent,)`` for MLA).
+MindSpore tensors (``(latent,)`` for MLA, ``(latent, rope)`` for RingMLA).
 
 LMCache's layerwise mode is refused at start-up, in both roles: vllm-mindspore's
 models never call ``save_kv_layer`` or ``wait_for_layer_load`` (read in
