@@ -12,7 +12,12 @@ It prints time-to-first-token for both, how many prompt tokens LMCache served,
 and whether the greedy outputs are identical (they must be: the warm run
 attends over KV that was stored and loaded, byte for byte).
 
-    python examples/offline_vllm.py [--prompt-tokens 2048] [--layerwise]
+    python examples/offline_vllm.py [--prompt-tokens 2048] [--layerwise] [-v]
+
+vLLM's and LMCache's own log lines (a few hundred, from this process and the
+engine processes vLLM spawns) go to a log file whose path is printed first;
+``-v`` shows them here instead. If the run fails, the file's last lines are
+printed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,60 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where the steps and results go: the terminal, even while engine output is
+# redirected to the log file (see engine_output_to).
+CONSOLE: TextIO = sys.stdout
 
 
 def step(i: int, total: int, text: str) -> None:
-    print(f"[{i}/{total}] {text}", flush=True)
+    print(f"[{i}/{total}] {text}", file=CONSOLE, flush=True)
+
+
+def say(text: str) -> None:
+    print(text, file=CONSOLE, flush=True)
+
+
+@contextmanager
+def engine_output_to(log_path: Path | None) -> Iterator[None]:
+    """Send this process's stdout / stderr (and so the engine processes vLLM
+    spawns, which inherit them) to ``log_path``; None leaves them alone."""
+    global CONSOLE
+    if log_path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    CONSOLE = os.fdopen(os.dup(1), "w")
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    except BaseException:
+        _restore(saved)
+        tail = log_path.read_text(errors="replace").splitlines()[-40:]
+        say(f"--- last lines of {log_path} ---\n" + "\n".join(tail))
+        raise
+    _restore(saved)
+
+
+def _restore(saved: tuple[int, int]) -> None:
+    global CONSOLE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+    CONSOLE.close()
+    CONSOLE = sys.stdout
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,11 +91,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--disk-dir", type=Path, default=None, help="local disk tier (default: a fresh temporary directory)")
     p.add_argument("--layerwise", action="store_true", help="LMCache layerwise mode (use_layerwise)")
     p.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE")
+    p.add_argument("--log-file", type=Path, default=None, help="engine log file (default: a new file in the temporary directory)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's and LMCache's log lines here instead of in the log file")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm
+    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm, stop_llm
     from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
 
     total = 6
@@ -66,20 +120,33 @@ def run(args: argparse.Namespace) -> dict:
     cold = run_prompt(llm, prompt, args.max_tokens)
     step(5, total, "warm request: same prompt (vLLM's prefix cache is off: reuse must come from LMCache)")
     warm = run_prompt(llm, prompt, args.max_tokens)
+    stop_llm(llm)
 
     step(6, total, "results")
-    print(f"  TTFT cold            {cold.ttft_s * 1000:8.1f} ms")
-    print(f"  TTFT warm            {warm.ttft_s * 1000:8.1f} ms   ({warm.ttft_s / cold.ttft_s:.2f}x cold)")
-    print(f"  tokens from LMCache  {warm.from_lmcache:8d} of {args.prompt_tokens} (cold: {cold.from_lmcache})")
+    say(f"  TTFT cold            {cold.ttft_s * 1000:8.1f} ms")
+    say(f"  TTFT warm            {warm.ttft_s * 1000:8.1f} ms   ({warm.ttft_s / cold.ttft_s:.2f}x cold)")
+    say(f"  tokens from LMCache  {warm.from_lmcache:8d} of {args.prompt_tokens} (cold: {cold.from_lmcache})")
     same = cold.token_ids == warm.token_ids
-    print(f"  greedy outputs identical: {'yes' if same else 'NO'} ({len(cold.token_ids)} tokens)")
+    say(f"  greedy outputs identical: {'yes' if same else 'NO'} ({len(cold.token_ids)} tokens)")
     if args.disk_dir is None:
         shutil.rmtree(disk_dir, ignore_errors=True)
     return {"cold": cold, "warm": warm, "identical": same}
 
 
+def _new_log_file() -> Path:
+    fd, name = tempfile.mkstemp(prefix="lmcache-ascend-demo-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    result = run(parse_args(argv))
+    args = parse_args(argv)
+    log_path = None
+    if not args.verbose:
+        log_path = args.log_file or _new_log_file()
+        say(f"engine logs: {log_path} (-v shows them here)")
+    with engine_output_to(log_path):
+        result = run(args)
     ok = result["identical"] and result["warm"].from_lmcache > 0
     if not ok:
         print("FAILED: warm run did not reuse LMCache's KV or changed the output", file=sys.stderr)

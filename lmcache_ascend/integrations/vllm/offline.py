@@ -108,6 +108,14 @@ def start_llm(opts: LLMOptions) -> Any:
     )
 
 
+def stop_llm(llm: Any) -> None:
+    """Shut vLLM's engine processes down now (the connector's shutdown runs there),
+    rather than at interpreter exit, after whatever the caller printed last."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None:
+        engine_core.shutdown()
+
+
 def run_prompt(llm: Any, token_ids: list[int], max_tokens: int = 16) -> PromptResult:
     from vllm import SamplingParams
 
