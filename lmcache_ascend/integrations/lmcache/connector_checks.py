@@ -81,14 +81,20 @@ def check_chunk_slots(slots: torch.Tensor, bounds: Bounds, num_slots: int) -> No
         check_slots(slots[lo:hi], "slot_mapping", hi - lo, num_slots)
 
 
-def object_tensor(obj: object, name: str, shape: Sequence[int], dtype: torch.dtype, fmt: object = None) -> torch.Tensor:
-    """The memory object's tensor, exactly ``shape`` and ``dtype`` (and ``fmt``, on load)."""
+def memory_obj_tensor(obj: object, name: str, fmt: object = None) -> Any:
+    """The memory object's tensor, unchecked (any framework), after its ``fmt`` on load."""
     tensor = getattr(obj, "tensor", None)
     metadata = getattr(obj, "metadata", None)
     if tensor is None or metadata is None:
         fail(TypeError, name, f"must be a MemoryObj with a tensor, got {type(obj).__name__}")
     if fmt is not None and metadata.fmt != fmt:
         fail(ValueError, name, f"is {metadata.fmt}, this connector loads {fmt}")
+    return tensor
+
+
+def object_tensor(obj: object, name: str, shape: Sequence[int], dtype: torch.dtype, fmt: object = None) -> torch.Tensor:
+    """The memory object's torch tensor, exactly ``shape`` and ``dtype`` (and ``fmt``, on load)."""
+    tensor = memory_obj_tensor(obj, name, fmt)
     check_tensor(tensor, name, shape=tuple(shape), dtype=dtype)
     return tensor
 

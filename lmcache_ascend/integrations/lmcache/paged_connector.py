@@ -43,8 +43,8 @@ class _Job:
     """One checked chunk: the object, its tensor, its slots, tokens to leave alone."""
 
     obj: Any
-    tensor: torch.Tensor
-    slots: torch.Tensor
+    tensor: Any  # torch (or, for the MindSpore flavour, MindSpore) tensor
+    slots: Any
     skip: int
 
 
@@ -95,20 +95,31 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
     def _plan(self, kv: EngineKV, objs: object, starts: object, ends: object, kwargs: Mapping[str, Any], load: bool) -> list[_Job]:
         """Check every chunk (objects, bounds, slots) before the first copy: a
         bad one refuses the whole call and the engine KV stays as it was."""
-        slots = checks.slot_tensor(require_kwarg(kwargs, "slot_mapping"))
+        slots = self._slot_mapping(require_kwarg(kwargs, "slot_mapping"))
         objs = checks.object_list(objs)
-        bounds = checks.chunk_bounds(starts, ends, len(objs), slots.numel())
-        checks.check_chunk_slots(slots, bounds, kv.num_slots)
+        bounds = checks.chunk_bounds(starts, ends, len(objs), len(slots))
+        self._check_chunk_slots(slots, bounds, kv.num_slots)
         cached = checks.cached_tokens(kwargs) if load else 0
-        kv_planes, dtype, fmt = (1 if self.use_mla else 2), checks.kv_dtype(kv), self.memory_format if load else None
+        kv_planes, fmt = (1 if self.use_mla else 2), self.memory_format if load else None
         jobs = []
         for i, (obj, (lo, hi)) in enumerate(zip(objs, bounds)):
             shape = (kv_planes, kv.num_layers, hi - lo, kv.hidden_dim)
-            tensor = checks.object_tensor(obj, f"memory_objs[{i}]", shape, dtype, fmt)
+            tensor = self._object_tensor(obj, f"memory_objs[{i}]", shape, kv, fmt)
             # Slots the engine computed itself may be shared with other
             # requests: leave them alone, as upstream's connector does.
             jobs.append(_Job(obj, tensor, slots[lo:hi], min(hi - lo, max(0, cached - lo))))
         return jobs
+
+    # What a chunk's slots and memory object are checked as: torch tensors here;
+    # the MindSpore flavour takes MindSpore tensors as well (msadapter's LMCache).
+    def _slot_mapping(self, slot_mapping: object) -> Any:
+        return checks.slot_tensor(slot_mapping)
+
+    def _check_chunk_slots(self, slots: Any, bounds: checks.Bounds, num_slots: int) -> None:
+        checks.check_chunk_slots(slots, bounds, num_slots)
+
+    def _object_tensor(self, obj: object, name: str, shape: Sequence[int], kv: EngineKV, fmt: object) -> Any:
+        return checks.object_tensor(obj, name, shape, checks.kv_dtype(kv), fmt)
 
     def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
         kv = self._engine_kv(kwargs)

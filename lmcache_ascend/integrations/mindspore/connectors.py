@@ -20,14 +20,15 @@ returns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
+import numpy as np
 
 from lmcache.v1.memory_management import MemoryObj
 
 from lmcache_ascend.core.devices import MindSporeBackend
+from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKVUser
 from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
@@ -85,10 +86,29 @@ class MindSporeKVUser(EngineKVUser):
 
 
 class MindSporePagedConnector(MindSporeKVUser, PagedKVConnector):
-    """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects."""
+    """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects.
 
-    def _transfer(self, kv: MindSporeKV, tensor: torch.Tensor, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
-        # ``tensor`` is the memory object's, already checked against ``kv`` (connector_checks).
+    In a vllm-mindspore process ``torch`` is msadapter: LMCache's memory objects
+    and the slot mapping it passes are MindSpore tensors with torch-like
+    methods. So slots and objects are read only through what torch and
+    MindSpore tensors both offer (``core.tensor_desc.describe``: data pointer,
+    shape, strides, dtype, device), never as torch tensors.
+    """
+
+    def _slot_mapping(self, slot_mapping: object) -> np.ndarray:
+        return transfer.host_slots(slot_mapping)
+
+    def _check_chunk_slots(self, slots: np.ndarray, bounds: checks.Bounds, num_slots: int) -> None:
+        for lo, hi in bounds:
+            transfer.slot_array(slots[lo:hi], hi - lo, num_slots)
+
+    def _object_tensor(self, obj: object, name: str, shape: Sequence[int], kv: MindSporeKV, fmt: object) -> Any:  # type: ignore[override]
+        tensor = checks.memory_obj_tensor(obj, name, fmt)
+        transfer.check_object(transfer.describe_object(tensor, len(shape), name), kv, tuple(shape), name)
+        return tensor
+
+    def _transfer(self, kv: MindSporeKV, tensor: Any, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
+        # ``tensor`` is the memory object's, already checked against ``kv`` (_object_tensor).
         transfer.multi_layer(kv, tensor, slots, direction, skip)
 
 

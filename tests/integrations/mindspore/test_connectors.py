@@ -213,3 +213,46 @@ def test_blending_is_refused_for_mindspore_kv() -> None:
     cfg = LMCacheEngineConfig.from_defaults(use_layerwise=True, enable_blending=True)
     with pytest.raises(ValueError, match="^enable_blending: CacheBlend runs on PyTorch KV caches only"):
         create_device_connector(cfg, make_metadata(num_layers=2, num_heads=2, head_size=8), "cpu")
+
+
+class MsadapterMemoryObj:
+    """A memory object as LMCache allocates it under msadapter: its tensor is a
+    MindSpore tensor (msadapter's torch.Tensor is MindSpore's Tensor class with
+    torch-like methods), allocated by MindSpore; metadata as LMCache's."""
+
+    def __init__(self, tensor: Any, fmt: Any) -> None:
+        self.tensor = tensor
+        self.metadata = type("Metadata", (), {"fmt": fmt})()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("layout", ["kv", "mla"])
+def test_memory_objects_and_slots_that_are_mindspore_tensors(dtype: str, layout: str) -> None:
+    """Byte-identical with torch memory objects, both directions, slot -1 and a partial chunk included."""
+    from lmcache.v1.memory_management import MemoryFormat
+
+    geom = GEOMS[layout]
+    conn = MindSporePagedConnector.from_metadata(metadata(geom, dtype), device="cpu")
+    fmt = MemoryFormat.KV_MLA_FMT if geom.mla else MemoryFormat.KV_2LTD
+    src = random_kv(geom, dtype, np.random.default_rng(7))
+    old, new = two_mappings(geom)
+    old[[5, 300]] = -1
+    starts, ends = [0, CHUNK, 2 * CHUNK], [CHUNK, 2 * CHUNK, NUM_TOKENS]
+    shapes = [(geom.planes, geom.num_layers, e - s, geom.row) for s, e in zip(starts, ends)]
+
+    def ms_objects() -> list[MsadapterMemoryObj]:
+        zeros = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+        return [MsadapterMemoryObj(ms.Tensor(z).astype(DTYPES[dtype][0]), fmt) for z in zeros]
+
+    ms_objs = ms_objects()
+    torch_objs = [MsadapterMemoryObj(torch.zeros(shape, dtype=DTYPES[dtype][1]), fmt) for shape in shapes]
+    conn.batched_from_gpu(ms_objs, starts, ends, kvcaches=src, slot_mapping=ms.Tensor(old))
+    conn.batched_from_gpu(torch_objs, starts, ends, kvcaches=src, slot_mapping=torch.from_numpy(old))
+    for m, t in zip(ms_objs, torch_objs):
+        assert np.array_equal(m.tensor.asnumpy().view(np.uint16), t.tensor.view(torch.int16).numpy().view(np.uint16))
+
+    dst = filled_kv(geom, dtype)
+    dst_before = kv_bits(dst)
+    new[old < 0] = -1  # rows never stored are not loaded either
+    conn.batched_to_gpu(ms_objs, starts, ends, kvcaches=dst, slot_mapping=ms.Tensor(new))
+    assert_kv(dst, moved(kv_bits(src), dst_before, old, new, range(NUM_TOKENS)), dtype)
