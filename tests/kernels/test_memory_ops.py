@@ -58,9 +58,17 @@ def test_alloc_is_aligned_zeroed_writable(kind: str, size: int) -> None:
 
 @pytest.mark.parametrize("kind", list(ALLOCATORS))
 def test_alloc_default_arguments(kind: str) -> None:
+    """Upstream's callers pass only the size: page-aligned, zeroed, writable, freed once."""
     alloc = ALLOCATORS[kind][0]
     ptr = alloc(4096)
+    assert ptr != 0 and ptr % PAGE == 0
+    view = host_view(ptr, 4096)
+    assert not view.any()
+    view.fill_(0x5A)
+    assert int(host_view(ptr, 4096).min()) == 0x5A
     _free(kind, ptr, 4096)
+    with pytest.raises(ValueError, match="ptr"):  # the first free released it
+        _free(kind, ptr, 4096)
 
 
 def test_reused_memory_is_zeroed_again() -> None:
@@ -211,9 +219,17 @@ def test_impossible_allocation_raises(kind: str) -> None:
         ALLOCATORS[kind][0](1 << 60, 0)
 
 
-def test_batched_memcpy_empty_and_zero_sized_entries() -> None:
+def test_batched_memcpy_empty_and_zero_sized_entries(gen: torch.Generator) -> None:
+    src, dst, s, d, n = _regions(gen)
+    before = dst.clone()
     ops.batched_memcpy([], [], [])
-    ops.batched_memcpy([0], [0], [0])  # a zero-sized entry is skipped, as upstream does
+    ops.batched_memcpy([0], [0], [0])  # a zero-sized entry is skipped (null pointers included), as upstream does
+    assert torch.equal(dst, before)
+    # Zero-sized entries next to a real one: only the real one moves.
+    ops.batched_memcpy([0, s[0], s[1]], [0, d[0], d[1]], [0, n[0], 0])
+    want = before.clone()
+    want[5000:5100] = src[:100]
+    assert torch.equal(dst, want)
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])

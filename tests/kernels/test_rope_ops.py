@@ -11,7 +11,10 @@ from lmcache.v1.platform.torch_ops import pos_kernels as baseline
 
 from lmcache_ascend import _kvcore
 from lmcache_ascend.kernels import rope_ops
-from lmcache_ascend.kernels.rope_ops import rotary_embedding_k_fused, rotary_embedding_k_fused_strided
+from lmcache_ascend.kernels.rope_ops import (
+    rotary_embedding_k_fused,
+    rotary_embedding_k_fused_strided,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 MAX_POS = 4096
@@ -139,7 +142,13 @@ def test_leading_dims_and_threads_agree(monkeypatch: pytest.MonkeyPatch, gen: to
 def test_zero_tokens_is_a_no_op() -> None:
     key = torch.empty(0, 2, 8)
     empty = torch.empty(0, dtype=torch.int64)
-    rotary_embedding_k_fused(empty, empty, key, 8, table(8, torch.float32), True)
+    cache = table(8, torch.float32)
+    before = cache.clone()
+    assert rotary_embedding_k_fused(empty, empty, key, 8, cache, True) is None
+    assert key.shape == (0, 2, 8) and torch.equal(cache, before)
+    # Arguments are still checked when there is nothing to rotate.
+    with pytest.raises(ValueError):
+        rotary_embedding_k_fused(empty, empty, key, 6, cache, True)
 
 
 def test_cpp_core_checks_positions_before_writing() -> None:

@@ -15,20 +15,35 @@ The engines are real LMCache 0.5.6 engines with our paged device connector;
 
 from __future__ import annotations
 
-import inspect
+import asyncio
+import concurrent.futures
 import shutil
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import plugin
-from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
-from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine, wait_until
+from lmcache_ascend.integrations.lmcache.remote_servers import (
+    HOST,
+    FaultProxy,
+    LMServer,
+    RedisServer,
+    redis_command,
+)
+from tests.integrations.lmcache.conftest import (
+    ASCEND_KV_TUPLES,
+    KV_DTYPE,
+    EngineFactory,
+    active_buffers,
+    paged_engine,
+    wait_until,
+)
 from tests.kernels.reference import Geom, make_paged
 
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -222,8 +237,18 @@ def test_lmcache_redis_close_still_blocks_its_own_loop() -> None:
     from lmcache.v1.storage_backend.connector.redis_connector import RedisConnector
     from lmcache.v1.storage_backend.job_executor.pq_executor import AsyncPQExecutor
 
-    assert not inspect.iscoroutinefunction(AsyncPQExecutor.shutdown)
-    assert "self.pq_executor.shutdown(wait=True)" in inspect.getsource(RedisConnector.close)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()  # left blocked: the hang pinned here
+    closed: list[bool] = []
+
+    async def connection_close() -> None:
+        closed.append(True)
+
+    connector = SimpleNamespace(pq_executor=AsyncPQExecutor(loop), connection=SimpleNamespace(close=connection_close))
+    done = asyncio.run_coroutine_threadsafe(RedisConnector.close(connector), loop)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        done.result(timeout=3)  # the executor's shutdown waits, on the loop's own thread, for that loop
+    assert closed == []
 
 
 @pytest.mark.parametrize(("name", "scheme"), [("lmcache_redis.yaml", "redis://"), ("lmcache_lm_server.yaml", "lm://")])
