@@ -64,6 +64,7 @@ def redis(tmp_path: Path) -> Iterator[Any]:
 NOT_RUN_HINTS = {
     "redis-server is not installed": "remote-tier tests need Redis: apt-get install redis-server (Debian/Ubuntu)",
     "could not import 'mindspore'": "MindSpore flavour tests run in their own environment: bash scripts/ms_env.sh test",
+    "needs SGLang 0.5.23": "SGLang 0.5.23 tests run in its own environment: bash scripts/sglang_env.sh test",
     "could not import 'sglang'": "SGLang 0.5.3 tests run in the main environment: bash scripts/dev.sh test",
     "could not import 'vllm'": "vLLM tests run in the main environment: bash scripts/dev.sh test",
 }
