@@ -62,6 +62,7 @@ from typing import Any
 
 from lmcache.logging import init_logger
 
+from lmcache_ascend.integrations.lmcache import lm_bounds
 from lmcache_ascend.integrations.lmcache.disk_index import note_partial_chunk, recover_disk_index
 
 logger = init_logger(__name__)
@@ -211,17 +212,13 @@ def recover_disk_tier(engine: Any) -> int:
     return recover_disk_index(backend, engine.metadata, engine.config, engine.gpu_connector)
 
 
-def _unwrapped(connection: Any) -> Any:
-    """The connector inside LMCache's instrumentation / audit wrappers."""
-    inner = connection.getWrappedConnector() if hasattr(connection, "getWrappedConnector") else connection
-    return getattr(inner, "real_connector", inner)
-
-
 class RemoteConnectionWatch:
     """Drops broken ``lm://`` connections and re-creates them in the background.
 
     :meth:`check` is cheap (two counters per remote backend) and is called once
-    per worker step. A dropped connection is re-created by ``RemoteBackend``'s
+    per worker step. A connection counts as broken when a put or blocking get
+    failed since the last check, or when its socket was closed after a timeout
+    (``lm_bounds``). A dropped connection is re-created by ``RemoteBackend``'s
     own ``init_connection`` on a daemon thread (a connect to a dead host may
     block), at most once per ``reconnect_interval_s``; LMCache's health monitor
     does the same every ``ping_interval`` when it runs.
@@ -235,7 +232,6 @@ class RemoteConnectionWatch:
 
     def check(self, engine: Any) -> int:
         """Drop the connection of each ``lm://`` backend that failed since the last call; returns how many."""
-        from lmcache.v1.storage_backend.connector.lm_connector import LMCServerConnector
         from lmcache.v1.storage_backend.remote_backend import RemoteBackend
 
         manager = getattr(engine, "storage_manager", None)
@@ -252,7 +248,8 @@ class RemoteConnectionWatch:
             if connection is None:
                 self._reconnect(backend)
                 continue
-            if counts == before or not isinstance(_unwrapped(connection), LMCServerConnector):
+            sock = lm_bounds.lm_socket(connection)
+            if sock is None or (counts == before and sock.fileno() != -1):
                 continue
             backend.connection = None  # RemoteBackend's own "disconnected" state
             asyncio.run_coroutine_threadsafe(connection.close(), backend.loop).add_done_callback(_log_close)
@@ -298,7 +295,7 @@ def close_remote_backends(engine: Any, timeout_s: float = 10.0) -> int:
         if connection is None:
             continue
         backend.connection = None  # from here on LMCache treats the tier as disconnected
-        inner = _unwrapped(connection)
+        inner = lm_bounds.unwrapped(connection)
         closing = _close_redis(inner) if isinstance(inner, RedisConnector) else connection.close()
         future = asyncio.run_coroutine_threadsafe(closing, backend.loop)
         try:

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lmcache.logging import init_logger
+
+from lmcache_ascend.integrations.lmcache.patching import wrap_once
 
 logger = init_logger(__name__)
 
@@ -80,13 +81,7 @@ def guard_remote_gets() -> bool:
 
 
 def _wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> bool:
-    original = getattr(cls, name)
-    if getattr(original, _GUARDED, False):
-        return False
-    wrapped = functools.wraps(original)(wrapper(original))
-    setattr(wrapped, _GUARDED, True)
-    setattr(cls, name, wrapped)
-    return True
+    return wrap_once(cls, name, wrapper, _GUARDED)
 
 
 def _shielded_submit(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

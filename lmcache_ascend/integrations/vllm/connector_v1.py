@@ -41,7 +41,8 @@ remote tiers from the LMCache config) with these differences:
 - the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
   frees its buffer instead of leaking it) and ``remote_get_guard.guard_remote_gets``
   (a Redis server dying during loads neither leaks buffers nor stops the
-  connector's job queue);
+  connector's job queue) and ``lm_bounds.bound_lm_connections`` (a hung
+  ``lm://`` server costs ``blocking_timeout_secs``, then a miss);
 - on host KV a prompt's last partial chunk is stored and looked up up to its
   last whole vLLM block (``block_tail.py``; ``lmcache_ascend.block_tails``);
 - with ``enable_blending`` the worker runs lmcache_ascend's CacheBlend blender
@@ -61,7 +62,7 @@ from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dyna
 from lmcache.logging import init_logger
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
 
-from lmcache_ascend.integrations.lmcache import plugin, remote_get_guard
+from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, remote_get_guard
 from lmcache_ascend.integrations.vllm import blend, block_tail
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
@@ -100,6 +101,7 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         if role == KVConnectorRole.WORKER:
             plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
             remote_get_guard.guard_remote_gets()  # nor a Redis server dying during loads
+            lm_bounds.bound_lm_connections()  # and a hung lm:// server costs a timeout, then a miss
             if plugin.on_host(vllm_config):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
         try:

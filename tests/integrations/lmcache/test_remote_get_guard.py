@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmcache_ascend.integrations.lmcache import plugin, remote_get_guard
+from lmcache_ascend.integrations.lmcache import lm_bounds, remote_get_guard
 from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
@@ -139,7 +139,7 @@ def chunk_keys(engine: Any) -> list[str]:
 def intercept_reads(engine: Any, before: Callable[[str], Awaitable[None]], after: Callable[[str], None] = lambda name: None) -> None:
     """Run ``before(name)`` on the event loop ahead of each of the connector's Redis GETs,
     ``after(name)`` once one returned."""
-    connector = plugin._unwrapped(engine.storage_manager.storage_backends["RemoteBackend"].connection)
+    connector = lm_bounds.unwrapped(engine.storage_manager.storage_backends["RemoteBackend"].connection)
     client = connector.connection
     real_get = client.get
 
