@@ -40,6 +40,7 @@ def test_warm_run_is_served_by_lmcache_and_matches_cold(model_dir: Path, run_vll
     assert partial["token_ids"] != cold["token_ids"]  # a different prompt: the model is not constant
 
 
+@pytest.mark.slow  # the same engine run as the warm test above; kept out of the default run's time
 def test_newer_lmcache_ascend_configuration_form(model_dir: Path, run_vllm) -> None:
     """``"kv_connector": "LMCacheAscendConnector"`` with ``lmcache_ascend.integration.vllm.lmcache_ascend_connector``."""
     cold, warm = run_vllm(model_dir=model_dir, prompts=[PROMPT, PROMPT], connector_form="ascend")
@@ -48,6 +49,7 @@ def test_newer_lmcache_ascend_configuration_form(model_dir: Path, run_vllm) -> N
     assert _close(warm["logprobs"], cold["logprobs"])
 
 
+@pytest.mark.slow  # the same engine run as the warm test above; kept out of the default run's time
 def test_vllm_ascend_registered_name(model_dir: Path, tmp_path: Path) -> None:
     """``{"kv_connector": "LMCacheAscendConnector"}`` alone, the name vllm-ascend's real plugin registers."""
     from lmcache_ascend.integrations.vllm.runner import run_engine
