@@ -23,9 +23,10 @@ scheduler, for as long as it hangs.
   hits return when the server does.
 
 Installed by the worker side of the vLLM connector, next to the other guards;
-idempotent. ``tests/integrations/lmcache/test_lm_bounds.py`` pins the hang
-(upstream's ``contains`` on a stalled server without the patch) and checks the
-bound, the miss, no wrong bytes after recovery, and the reconnect.
+idempotent. ``tests/integrations/lmcache/test_lm_bounds.py`` pins the cause
+(upstream's own ``init_connection`` leaves the ``lm://`` socket without a
+timeout) and checks the bound, the miss, no wrong bytes after recovery, and the
+reconnect.
 """
 
 from __future__ import annotations
