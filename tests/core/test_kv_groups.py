@@ -10,10 +10,31 @@ import pytest
 import torch
 
 from lmcache_ascend.core.detection import KVCacheLayout, detect_kv_layout
-from lmcache_ascend.core.kv_groups import SEGMENT_ALIGN, ChunkLayout, KVGroupSpec, PositionRange
+from lmcache_ascend.core.kv_groups import (
+    SEGMENT_ALIGN,
+    ChunkLayout,
+    KVGroupSpec,
+    PositionRange,
+)
 from lmcache_ascend.kernels.group_ops import transfer_chunk
-from tests.kernels.reference import Geom, PagedCache, assert_tensor_equal, byte_equal, make_paged, random_tensor, ref_transfer
-from tests.kernels.reference_ascend import BF16, FP16, INT8, PlaneCache, make_plane_cache, ref_plane_transfer, row_elems
+from tests.kernels.reference import (
+    Geom,
+    PagedCache,
+    assert_tensor_equal,
+    byte_equal,
+    make_paged,
+    random_tensor,
+    ref_transfer,
+)
+from tests.kernels.reference_ascend import (
+    BF16,
+    FP16,
+    INT8,
+    PlaneCache,
+    make_plane_cache,
+    ref_plane_transfer,
+    row_elems,
+)
 
 CHUNK = 256
 TOKENS = 600  # chunks [0, 256), [256, 512) and a partial [512, 600)
@@ -53,8 +74,10 @@ GROUPS = (
     GroupCase("window64-r4-mla-planes", "sliding_window", 4, 64, "planes:mla", Geom(2, 20, 8, 1, 1), BF16),
 )
 # Hand-computed: (group, offset, rows); kv * layers * rows * row bytes, offsets rounded up to 64.
-EXPECTED_SEGMENTS = [(0, 0, 256), (1, 32768, 64), (3, 45312, 2), (4, 45440, 101), (5, 58368, 17)]
-EXPECTED_NBYTES = 60032
+# A ratio-1 window stores exactly its window; a ratio-r window one position more (its
+# first token may sit mid-position).
+EXPECTED_SEGMENTS = [(0, 0, 256), (1, 32768, 64), (3, 45312, 2), (4, 45440, 100), (5, 58240, 17)]
+EXPECTED_NBYTES = 59904
 
 
 def engine_arg(c: Cache) -> object:
@@ -94,6 +117,19 @@ def test_positions(group: int, start: int, end: int, expected: tuple[int, int], 
     assert pos == PositionRange(*expected)
     seg = next(s for s in layout.segments if s.group == group)
     assert pos.end - pos.begin <= seg.rows
+
+
+def test_window_aligned_to_whole_blocks(gen: torch.Generator) -> None:
+    """KV that moves only in whole blocks: the window starts at its first block's start."""
+    lay = layout_of(make_paged(1, Geom(1, 5, 128, 2, 8), torch.float32, gen))
+    layout = ChunkLayout([KVGroupSpec(lay, "sliding_window", sliding_window=100, window_align=16)], CHUNK)
+    assert layout.segments[0].rows == 112
+    assert layout.positions(0, 256, 512) == PositionRange(400, 512)
+    assert layout.positions(0, 512, 544) == PositionRange(512, 544)
+    with pytest.raises(ValueError, match="chunk end 520 is not a multiple of group 0's window_align 16"):
+        layout.positions(0, 512, 520)
+    with pytest.raises(ValueError, match="window_align must be >= 1"):
+        KVGroupSpec(lay, "sliding_window", sliding_window=100, window_align=0)
 
 
 def _mla_layout(gen: torch.Generator) -> KVCacheLayout:
@@ -144,14 +180,29 @@ def ref_segment(g: GroupCase, c: Cache) -> tuple[int, int, int, torch.dtype]:
     return kv, g.geom.num_layers, g.geom.head_size * (1 if c.fmt == 3 else g.geom.num_heads), g.dtype
 
 
-def ref_chunk(caches: list[Cache], obj: torch.Tensor, mappings: list[torch.Tensor], start: int, end: int, direction: int) -> None:
+def ref_rows(g: GroupCase, tokens: int) -> int:
+    rows = math.ceil(tokens / g.ratio) + (1 if CHUNK % g.ratio else 0)
+    return rows if g.kind == "full" else min(rows, math.ceil(g.window / g.ratio) + (1 if g.ratio > 1 else 0))
+
+
+def ref_chunk(
+    caches: list[Cache],
+    obj: torch.Tensor,
+    mappings: list[torch.Tensor],
+    start: int,
+    end: int,
+    direction: int,
+    tokens: int = CHUNK,
+    skip: int = 0,
+) -> None:
     """The docstring's contract, written out: segments in group order, 64-byte aligned,
-    positions floor(first / r) .. ceil(end / r), unfilled rows untouched, state groups skipped."""
+    positions floor(first / r) .. ceil(end / r), unfilled rows untouched, state groups
+    skipped, positions whose tokens are all below ``skip`` untouched."""
     offset = 0
     for g, c, mapping in zip(GROUPS, caches, mappings):
         if g.kind == "state":
             continue
-        rows = math.ceil(CHUNK / g.ratio) if g.kind == "full" else math.ceil(g.window / g.ratio) + 1
+        rows = ref_rows(g, tokens)
         kv, layers, h, dtype = ref_segment(g, c)
         nbytes = kv * layers * rows * h * dtype.itemsize
         view = obj[offset : offset + nbytes].view(dtype).view(kv, layers, rows, h)
@@ -159,6 +210,9 @@ def ref_chunk(caches: list[Cache], obj: torch.Tensor, mappings: list[torch.Tenso
         begin, stop = first // g.ratio, -(-end // g.ratio)
         slots = torch.full((rows,), -1, dtype=torch.int64)
         slots[: stop - begin] = mapping[begin:stop]
+        for p in range(begin, stop):
+            if (p + 1) * g.ratio <= skip:
+                slots[p - begin] = -1
         if isinstance(c, PlaneCache):
             ref_plane_transfer(c, view, slots, direction)
         else:
@@ -206,6 +260,28 @@ def test_transfer_chunk_matches_reference(backend: str, direction: int, gen: tor
     assert all(byte_equal(a, b) for a, b in zip(caches[state].storage(), want[state].storage()))
 
 
+@pytest.mark.parametrize("direction", [STORE, LOAD], ids=["store", "load"])
+@pytest.mark.parametrize("skip", [0, 530, 600], ids=["no-skip", "skip-mid-chunk", "skip-all"])
+def test_partial_chunk_layout_and_skipped_tokens(backend: str, direction: int, skip: int, gen: torch.Generator) -> None:
+    """A prompt's last chunk of 88 tokens gets a layout sized for 88 tokens (smaller than a
+    full chunk's) and moves exactly what the reference moves; skipped tokens stay untouched."""
+    caches = [g.build(gen) for g in GROUPS]
+    full = ChunkLayout(specs(caches), CHUNK)
+    layout = ChunkLayout(specs(caches), CHUNK, tokens=TOKENS - 512)
+    assert [s.rows for s in layout.segments] == [ref_rows(g, TOKENS - 512) for g in GROUPS if g.kind != "state"]
+    assert layout.nbytes < full.nbytes
+    mappings = _mappings(caches, gen)
+    want = [c.clone() for c in caches]
+    obj = random_tensor((layout.nbytes,), torch.uint8, gen)
+    want_obj = obj.clone()
+    ref_chunk(want, want_obj, mappings, 512, TOKENS, direction, tokens=TOKENS - 512, skip=skip)
+    transfer_chunk(layout, [engine_arg(c) for c in caches], obj, mappings, 512, TOKENS, direction, skip_tokens=skip)
+    assert_tensor_equal(obj, want_obj, "partial chunk object")
+    _assert_same(caches, want)
+    with pytest.raises(ValueError, match="not within one chunk of 88 tokens"):
+        transfer_chunk(layout, [engine_arg(c) for c in caches], obj, mappings, 256, 512, direction)
+
+
 def test_transfer_chunk_round_trip_full_group(backend: str, gen: torch.Generator) -> None:
     """Store every chunk from one set of caches, load into another: every live position of the
     full ratio-1 group arrives, the state group of the destination is untouched."""
@@ -249,3 +325,10 @@ def test_transfer_chunk_bad_input_names_the_argument(gen: torch.Generator) -> No
         transfer_chunk(layout, args, obj, mappings, 0, 256, 2)
     with pytest.raises(ValueError, match="not within one chunk"):
         transfer_chunk(layout, args, obj, mappings, 0, 300, STORE)
+    with pytest.raises(ValueError, match="skip_tokens must be >= 0"):
+        transfer_chunk(layout, args, obj, mappings, 0, 256, LOAD, skip_tokens=-1)
+    with pytest.raises(TypeError, match="skip_tokens must be an int"):
+        transfer_chunk(layout, args, obj, mappings, 0, 256, LOAD, skip_tokens=1.5)  # type: ignore[arg-type]
+    for tokens in (0, CHUNK + 1):
+        with pytest.raises(ValueError, match="tokens must be within"):
+            ChunkLayout(specs(caches), CHUNK, tokens=tokens)
