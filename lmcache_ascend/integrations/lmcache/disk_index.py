@@ -9,13 +9,15 @@ through the backend's public ``insert_key``:
 - only files of this model, world size and worker rank are taken; the model
   name is matched in its on-disk form (``/`` written as ``-``), then restored;
 - only files whose size is exactly one full chunk of this engine's KV
-  (``metadata.get_shapes(chunk_size)``, kv dtype) are taken, so a file cut short
-  by a crash, or written for another dtype or layout, is ignored, never loaded;
+  (``metadata.get_shapes(chunk_size)``, ``metadata.get_dtypes()``) are taken,
+  so a file cut short by a crash, or written for another dtype or layout, is
+  ignored, never loaded;
 - a chunk shorter than ``chunk_size`` (a prompt's tail, stored with
   ``save_unfull_chunk``) is taken only with its ``.pt.shape`` sidecar, which
   :func:`note_partial_chunk` writes (atomically) once the chunk file is
-  complete, and only if the sidecar's shape is the full shape with fewer tokens
-  and matches the file's size; sidecars whose chunk file is gone are removed;
+  complete, and only if the sidecar's shape is this engine's object shape for
+  that many tokens and matches the file's size; sidecars whose chunk file is
+  gone are removed;
 - recovered chunks count against ``max_local_disk_size`` like newly written
   ones; once the tier is full, further files are left on disk but not indexed;
 - layerwise engines store one key per layer (``...@<layer>``) with the per-layer
@@ -31,6 +33,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +42,14 @@ from lmcache.logging import init_logger
 logger = init_logger(__name__)
 
 
-def _object_spec(metadata: Any, config: Any, connector: Any) -> tuple[Any, Any, int]:
+def _shape_for(metadata: Any, config: Any, connector: Any) -> Callable[[int], Any]:
+    """The engine's object shape for a chunk of ``n`` tokens."""
     import torch
 
     # LMCache tells one shape from a list of shapes by type: it must be torch.Size.
-    shape = torch.Size(connector.get_shape(config.chunk_size) if config.use_layerwise else metadata.get_shapes(config.chunk_size)[0])
-    dtype = metadata.kv_dtype
-    return shape, dtype, math.prod(shape) * dtype.itemsize
+    if config.use_layerwise:
+        return lambda n: torch.Size(connector.get_shape(n))
+    return lambda n: torch.Size(metadata.get_shapes(n)[0])
 
 
 SHAPE_SUFFIX = ".shape"
@@ -78,26 +82,27 @@ def note_partial_chunk(backend: Any, key: Any, shape: Any, fmt: Any) -> bool:
     return True
 
 
-def _partial_shape(path: str, size: int, full: Any, itemsize: int) -> Any | None:
-    """The sidecar's shape if it describes this file as a shorter chunk of ``full``, else None."""
+def _partial_shape(path: str, size: int, shape_for: Callable[[int], Any], token_dim: int, chunk_size: int, itemsize: int) -> Any | None:
+    """The sidecar's shape if it is this engine's shape for a shorter chunk of this file's size, else None."""
     import torch
 
     try:
         with open(path + SHAPE_SUFFIX) as f:
             shape = torch.Size(json.load(f)["shape"])
-    except (OSError, ValueError, KeyError, TypeError):
+        tokens = int(shape[token_dim])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
-    shorter = len(shape) == len(full) and sum(a != b for a, b in zip(shape, full, strict=True)) == 1
-    if not shorter or any(a > b for a, b in zip(shape, full, strict=True)) or math.prod(shape) * itemsize != size:
+    if not 0 < tokens < chunk_size or shape != shape_for(tokens) or math.prod(shape) * itemsize != size:
         return None
     return shape
 
 
-def _chunk_files(backend: Any, metadata: Any, config: Any, full: Any) -> list[ChunkFile]:
+def _chunk_files(backend: Any, metadata: Any, config: Any, shape_for: Callable[[int], Any], token_dim: int) -> list[ChunkFile]:
     """This engine's complete chunk files (full ones, and shorter ones with a valid sidecar)."""
     from lmcache.utils import TORCH_DTYPE_TO_STR_DTYPE
 
-    itemsize = metadata.kv_dtype.itemsize
+    full = shape_for(config.chunk_size)
+    itemsize = metadata.get_dtypes()[0].itemsize
     nbytes = math.prod(full) * itemsize
     dtype_name = TORCH_DTYPE_TO_STR_DTYPE[metadata.kv_dtype]
     on_disk = metadata.model_name.replace("/", "-")
@@ -114,7 +119,7 @@ def _chunk_files(backend: Any, metadata: Any, config: Any, full: Any) -> list[Ch
         if layered != bool(config.use_layerwise) or "%" in rest or parts[4] != dtype_name:
             continue  # other storage mode or dtype, or tagged keys (tags are not mangled reversibly)
         stat = entry.stat()
-        shape = full if stat.st_size == nbytes else _partial_shape(entry.path, stat.st_size, full, itemsize)
+        shape = full if stat.st_size == nbytes else _partial_shape(entry.path, stat.st_size, shape_for, token_dim, config.chunk_size, itemsize)
         if shape is None:
             logger.warning("lmcache_ascend: ignoring %s: %d bytes, a chunk is %d (and no valid shape sidecar)", entry.path, stat.st_size, nbytes)
             continue
@@ -136,9 +141,10 @@ def recover_disk_index(backend: Any, metadata: Any, config: Any, connector: Any)
     from lmcache.utils import CacheEngineKey, LayerCacheEngineKey
     from lmcache.v1.memory_management import MemoryFormat
 
-    full, dtype, _ = _object_spec(metadata, config, connector)
     fmt = connector.memory_format if hasattr(connector, "memory_format") else MemoryFormat.KV_2LTD
-    files = sorted(_chunk_files(backend, metadata, config, full), key=lambda f: f.mtime, reverse=True)
+    dtype = metadata.get_dtypes()[0]
+    shapes = _chunk_files(backend, metadata, config, _shape_for(metadata, config, connector), fmt.token_dim())
+    files = sorted(shapes, key=lambda f: f.mtime, reverse=True)
     room = max(0, backend.max_cache_size - backend.current_cache_size)
     keep: list[ChunkFile] = []
     for chunk in files:

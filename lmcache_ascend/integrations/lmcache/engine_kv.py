@@ -25,7 +25,7 @@ class EngineKV(LayoutFacts):
     tensors: tuple[Any, ...]  # the engine's tensors, kept referenced while in use
 
 
-def _flat(kvcaches: Sequence[Any]) -> list[Any]:
+def flat_buffers(kvcaches: Sequence[Any]) -> list[Any]:
     return [t for layer in kvcaches for t in (layer if isinstance(layer, (list, tuple)) else (layer,))]
 
 
@@ -43,8 +43,8 @@ class EngineKVCache:
         self._kv: EngineKV | None = None
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
-        """``kvcaches`` has passed :func:`_check_structure` (``EngineKVUser._engine_kv``)."""
-        tensors = _flat(kvcaches)
+        """``kvcaches`` has passed :func:`check_structure` (``EngineKVUser._engine_kv``)."""
+        tensors = flat_buffers(kvcaches)
         # A different view of the same memory (shape, strides, dtype) is a different layout.
         key = tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)
         if key != self._key or self._kv is None:
@@ -59,11 +59,11 @@ class EngineKVCache:
         return self._kv
 
 
-def _check_structure(kvcaches: object) -> None:
+def check_structure(kvcaches: object) -> None:
     """A non-empty list of per-layer tensors or tuples of tensors."""
     if not isinstance(kvcaches, (list, tuple)) or not kvcaches:
         raise ValueError(f"kvcaches must be a non-empty list of per-layer KV tensors, got {type(kvcaches).__name__}")
-    for i, t in enumerate(_flat(kvcaches)):
+    for i, t in enumerate(flat_buffers(kvcaches)):
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             raise TypeError(f"kvcaches buffer {i} must be a torch.Tensor with data, got {_kind(t)}")
 
@@ -111,7 +111,7 @@ class EngineKVUser:
 
     def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
         if "kvcaches" in kwargs:
-            _check_structure(kwargs["kvcaches"])  # before LMCache's own helper walks it
+            check_structure(kwargs["kvcaches"])  # before LMCache's own helper walks it
         self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
         if self.kvcaches is None:
             raise ValueError("'kvcaches' should be provided in kwargs")

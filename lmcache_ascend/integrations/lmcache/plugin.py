@@ -57,13 +57,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmcache.logging import init_logger
 
 from lmcache_ascend.integrations.lmcache import lm_bounds
 from lmcache_ascend.integrations.lmcache.disk_index import note_partial_chunk, recover_disk_index
+from lmcache_ascend.integrations.lmcache.hybrid_connector import HybridGroup, HybridKVConnector, HybridMetadata
 
 logger = init_logger(__name__)
 
@@ -143,11 +144,18 @@ ConnectorFactory = Callable[[Any, Any, Any, Any], Any]  # (config, metadata, dev
 
 
 def register_engine(
-    vllm_config: Any, config: Any, make_connector: ConnectorFactory = create_device_connector, block_tails: bool = False
+    vllm_config: Any,
+    config: Any,
+    make_connector: ConnectorFactory = create_device_connector,
+    block_tails: bool = False,
+    hybrid: Sequence[HybridGroup] | None = None,
 ) -> Any:
     """Create (once per process) the LMCache engine with ``make_connector``'s device connector.
 
     ``block_tails``: stores and lookups are cut to whole vLLM blocks by the caller.
+    ``hybrid``: the model's KV-cache groups when it has several (or a sliding
+    window): the engine then gets a :class:`HybridKVConnector` and allocates
+    chunk objects of its layout.
     """
     from lmcache.integration.vllm.utils import vllm_layout_hints
     from lmcache.integration.vllm.vllm_service_factory import VllmServiceFactory
@@ -161,7 +169,11 @@ def register_engine(
     if whole_blocks_only(vllm_config, config):
         check_host_block_alignment(config, vllm_config.cache_config.block_size, block_tails)
     metadata = VllmServiceFactory(config, vllm_config, "worker").get_or_create_metadata()
-    connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))
+    if hybrid:
+        connector = HybridKVConnector(hybrid, config.chunk_size, device, vllm_layout_hints(vllm_config))
+        metadata = HybridMetadata.wrap(metadata, connector.get_shape)
+    else:
+        connector = make_connector(config, metadata, device, vllm_layout_hints(vllm_config))
     tp_group = get_tp_group()
     engine = LMCacheEngineBuilder.get_or_create(
         ENGINE_NAME, config, metadata, connector, tp_group.broadcast, tp_group.broadcast_object
