@@ -17,6 +17,11 @@ connectors (``connectors``), which take vllm-mindspore's per-layer KV, a
 ``(K, V)`` tuple of ``[num_blocks, block_size, num_kv_heads, head_size]``
 MindSpore tensors (``(latent,)`` for MLA, ``(latent, rope)`` for RingMLA).
 
+It does not declare vLLM's ``SupportsHMA`` (it derives from the PyTorch
+connector's ``LMCacheAscendConnectorBase``): vLLM then keeps one KV group, as
+the MindSpore device connectors expect (hybrid groups are served by the PyTorch
+flavour only, ``docs/hybrid_models.md``).
+
 LMCache's layerwise mode is refused at start-up, in both roles: vllm-mindspore's
 models never call ``save_kv_layer`` or ``wait_for_layer_load`` (read in
 vllm-mindspore 0.5.1), so a layerwise engine would store and load nothing, and
@@ -60,7 +65,7 @@ def _make_device_connector(config: Any, metadata: Any, device: Any, layout_hints
     return create_device_connector(config, metadata, device)
 
 
-class LMCacheAscendConnectorV1Dynamic(connector_v1.LMCacheAscendConnectorV1Dynamic):
+class LMCacheAscendConnectorV1Dynamic(connector_v1.LMCacheAscendConnectorBase):
     make_device_connector = staticmethod(_make_device_connector)
 
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:

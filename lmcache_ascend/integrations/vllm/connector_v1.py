@@ -45,6 +45,13 @@ remote tiers from the LMCache config) with these differences:
   ``lm://`` server costs ``blocking_timeout_secs``, then a miss);
 - on host KV a prompt's last partial chunk is stored and looked up up to its
   last whole vLLM block (``block_tail.py``; ``lmcache_ascend.block_tails``);
+- models with several KV-cache groups (vLLM's hybrid KV manager: sliding-window
+  and full-attention layers) are served group by group: this class declares
+  vLLM's ``SupportsHMA``, each request's slot mapping covers every group, and a
+  chunk stores full-attention layers' tokens and sliding-window layers' last
+  ``window`` tokens (``hybrid_groups.py``, ``integrations/lmcache/hybrid_connector.py``);
+  one full-attention group (every model with the hybrid manager off) takes
+  the single-group path unchanged;
 - with ``enable_blending`` the worker runs lmcache_ascend's CacheBlend blender
   (hole mode with ``extra_config: {blend_hole_mode: true}``) on the model vLLM
   loaded, instead of upstream's CUDA-only one (see ``integrations/vllm/blend.py``);
@@ -60,10 +67,14 @@ from typing import Any, ClassVar
 
 from lmcache.integration.vllm.lmcache_connector_v1 import LMCacheConnectorV1Dynamic
 from lmcache.logging import init_logger
-from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata, KVConnectorRole
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorMetadata,
+    KVConnectorRole,
+    SupportsHMA,
+)
 
 from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, remote_get_guard
-from lmcache_ascend.integrations.vllm import blend, block_tail
+from lmcache_ascend.integrations.vllm import blend, block_tail, hybrid_groups
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
 logger = init_logger(__name__)
@@ -84,15 +95,20 @@ def recompute_failed_loads(vllm_config: Any) -> str:
     return wanted
 
 
-class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
+class LMCacheAscendConnectorBase(LMCacheConnectorV1Dynamic):
+    """Everything but ``SupportsHMA`` (a flavour whose engine keeps one KV group subclasses this)."""
+
     # The device connector the worker's LMCache engine gets; a flavour with
     # other tensors (MindSpore) overrides it.
     make_device_connector: ClassVar[plugin.ConnectorFactory] = staticmethod(plugin.create_device_connector)
 
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         config = plugin.apply_defaults(plugin.lmcache_config(vllm_config))
+        self._hybrid = self._hybrid_groups(kv_cache_config, config, plugin.whole_blocks_only(vllm_config, config))
         # Before LMCache's adapter reads save_unfull_chunk (both roles): see block_tail.py.
         self._tail_block = block_tail.configure(vllm_config, config)
+        if self._tail_block is not None and self._hybrid is not None:
+            self._tail_block = hybrid_groups.tail_block(self._hybrid.block_sizes)
         registered = None
         self._blender: blend.VLLMBlender | None = None
         self._remote_watch = plugin.RemoteConnectionWatch()
@@ -106,7 +122,10 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
                 request_amx_permission()  # see cpu_amx.py: vLLM CPU's first short forward needs it
         try:
             if role == KVConnectorRole.WORKER:
-                registered = plugin.register_engine(vllm_config, config, self.make_device_connector, self._tail_block is not None)
+                groups = self._hybrid.groups if self._hybrid is not None else None
+                registered = plugin.register_engine(
+                    vllm_config, config, self.make_device_connector, self._tail_block is not None, groups
+                )
                 if config.enable_blending:  # before LMCache's adapter asks LMCBlenderBuilder for a blender
                     self._blender = blend.install(registered, vllm_config.cache_config.block_size)
             super().__init__(vllm_config, role, kv_cache_config)
@@ -121,6 +140,18 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
                 "serving continues without KV offloading"
             )
 
+    @staticmethod
+    def _hybrid_groups(kv_cache_config: Any | None, config: Any, whole_blocks: bool) -> hybrid_groups.GroupBlockTables | None:
+        """The block tables of a model with several KV groups (checked), or None for one full-attention group."""
+        if kv_cache_config is None:
+            return None
+        groups, block_sizes = hybrid_groups.kv_groups(kv_cache_config, whole_blocks)
+        if not hybrid_groups.is_hybrid(groups):
+            return None
+        hybrid_groups.check_hybrid_config(groups, block_sizes, config, whole_blocks)
+        logger.info("lmcache_ascend: serving %d KV-cache groups: %s", len(groups), [g.name for g in groups])
+        return hybrid_groups.GroupBlockTables(groups, block_sizes, config.chunk_size)
+
     @property
     def lmcache_engine(self) -> Any:
         """The worker's LMCache engine, or None (scheduler side, or LMCache failed to start)."""
@@ -129,6 +160,8 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
         super().register_kv_caches(kv_caches)
         if self.lmcache_engine is not None:
+            if self._hybrid is not None:
+                self.lmcache_engine.gpu_connector.bind_layers(kv_caches)
             plugin.recover_disk_tier(self.lmcache_engine)
 
     def wait_for_save(self) -> None:
@@ -138,7 +171,15 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed = super().get_block_ids_with_load_errors()
-        return failed | self._blender.take_failed_blocks() if self._blender is not None else failed
+        failed = failed | self._blender.take_failed_blocks() if self._blender is not None else failed
+        if failed and self._hybrid is not None:
+            # vLLM maps failed blocks back to requests only for one KV group and
+            # stops the engine otherwise; say why, rather than serve wrong KV.
+            raise RuntimeError(
+                f"lmcache_ascend: {len(failed)} blocks of a model with several KV-cache groups failed to load "
+                "from LMCache; vLLM cannot recompute them for such models (see the error above)"
+            )
+        return failed
 
     def shutdown(self) -> None:
         if self._blender is not None:
@@ -154,9 +195,13 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         return super().get_num_new_matched_tokens(request, num_computed_tokens)
 
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
+        if self._hybrid is not None:
+            self._hybrid.update(scheduler_output)
         metadata = super().build_connector_meta(scheduler_output)
         if self._tail_block is not None:
             block_tail.trim_stores(metadata, self._lmcache_engine._request_trackers, self._tail_block)
+        if self._hybrid is not None:
+            self._hybrid.apply(metadata)  # after the trim: slot mappings of the stored tokens
         return metadata
 
     @property
@@ -168,3 +213,13 @@ class LMCacheAscendConnectorV1Dynamic(LMCacheConnectorV1Dynamic):
         impl = self._lmcache_engine
         impl.current_layer = 0
         impl.layerwise_retrievers = []
+
+
+class LMCacheAscendConnectorV1Dynamic(LMCacheAscendConnectorBase, SupportsHMA):
+    """The connector, declaring ``SupportsHMA`` so vLLM keeps its hybrid KV manager on."""
+
+    def request_finished_all_groups(self, request: Any, block_ids: tuple[list[int], ...]) -> tuple[bool, dict[str, Any] | None]:
+        if self._hybrid is not None:
+            self._hybrid.forget(request.request_id)
+        # LMCache's adapter uses the block ids only to delay freeing them, which it never asks for here.
+        return self.request_finished(request, block_ids[0] if block_ids else [])

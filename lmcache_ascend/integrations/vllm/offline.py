@@ -51,6 +51,9 @@ class LLMOptions:
     example_storage: Path | None = None
     # Which configuration form names the connector (settings.CONNECTOR_FORMS).
     connector_form: str = "v1_dynamic"
+    # vLLM's hybrid KV cache manager (one KV group per attention kind); False
+    # passes --disable-hybrid-kv-cache-manager (every layer keeps full KV).
+    hybrid_kv_manager: bool = True
 
     def __post_init__(self) -> None:
         if self.example_storage is not None and (self.connector or self.mp_port is not None):
@@ -97,6 +100,8 @@ def start_llm(opts: LLMOptions) -> Any:
         )
     if opts.block_size is not None:
         kwargs["block_size"] = opts.block_size
+    if not opts.hybrid_kv_manager:
+        kwargs["disable_hybrid_kv_cache_manager"] = True
     return LLM(
         model=str(opts.model_dir),
         dtype=opts.dtype,

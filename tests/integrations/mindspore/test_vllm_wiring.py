@@ -41,6 +41,14 @@ def test_each_flavour_has_its_connector_class() -> None:
         flavour.connector_class("tensorflow")
 
 
+def test_mindspore_connector_leaves_the_hybrid_kv_manager_off() -> None:
+    """Only the PyTorch flavour serves several KV groups: vllm-mindspore must keep one."""
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import SupportsHMA, supports_hma
+
+    assert supports_hma(connector_v1.LMCacheAscendConnectorV1Dynamic)
+    assert not issubclass(MS_CLASS, SupportsHMA) and not supports_hma(MS_CLASS)
+
+
 def test_compatibility_module_serves_the_built_flavour() -> None:
     compat = importlib.import_module("lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1")
     assert compat.LMCacheAscendConnectorV1Dynamic is flavour.connector_class(build_info().flavour)
@@ -102,7 +110,7 @@ def test_a_failed_step_is_logged_once_with_its_requests(
         def boom(*args: object, **kwargs: object) -> None:
             raise RuntimeError("tier went away")
 
-        lmcache_env.setattr(connector_v1.LMCacheAscendConnectorV1Dynamic, step, boom)
+        lmcache_env.setattr(connector_v1.LMCacheAscendConnectorBase, step, boom)
         call = (lambda: worker.start_load_kv(None)) if step == "start_load_kv" else worker.wait_for_save
         caplog.set_level("ERROR")
         for _ in range(2):  # two steps fail: each is logged once

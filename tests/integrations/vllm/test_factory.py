@@ -36,8 +36,13 @@ def test_newer_lmcache_ascend_path_names_the_same_class() -> None:
     config = settings.kv_transfer_config(form="ascend")
     assert (config.kv_connector, config.kv_connector_module_path) == (name, module_path)
     assert KVConnectorFactory.get_connector_class(config) is LMCacheAscendConnectorV1Dynamic
-    # Not SupportsHMA yet: vLLM keeps its hybrid KV manager off for this form too.
-    assert KVConnectorFactory.supports_hma_config(config) is False
+
+
+@pytest.mark.parametrize("form", ["v1_dynamic", "ascend"])
+def test_both_module_path_forms_keep_vllms_hybrid_kv_manager_on(form: str) -> None:
+    """SupportsHMA: vLLM's config check answers True, so it does not turn its hybrid KV manager off."""
+    config = settings.kv_transfer_config(form=form)
+    assert KVConnectorFactory.supports_hma_config(config) is True
 
 
 def test_unknown_configuration_form_is_refused() -> None:
@@ -67,13 +72,13 @@ def test_settings_kv_transfer_config_names_this_connector() -> None:
     assert (config.kv_role, config.kv_connector_extra_config) == ("kv_both", {"lmcache.chunk_size": 512})
 
 
-def test_vllm_config_turns_the_hybrid_kv_cache_manager_off(vllm_session_env: Path, tiny_model_dir: Path) -> None:
-    """Not ``SupportsHMA``: vLLM must disable HMA, or ``create_connector`` refuses the class."""
+def test_vllm_config_keeps_the_hybrid_kv_cache_manager_on(vllm_session_env: Path, tiny_model_dir: Path) -> None:
+    """``SupportsHMA``: vLLM's own config resolution leaves its hybrid KV manager on."""
     config = helpers.vllm_config(tiny_model_dir)
 
-    assert not issubclass(LMCacheAscendConnectorV1Dynamic, SupportsHMA)
-    assert config.scheduler_config.disable_hybrid_kv_cache_manager is True
-    assert KVConnectorFactory.supports_hma_config(config.kv_transfer_config) is False
+    assert issubclass(LMCacheAscendConnectorV1Dynamic, SupportsHMA)
+    assert config.scheduler_config.disable_hybrid_kv_cache_manager is False
+    assert KVConnectorFactory.supports_hma_config(config.kv_transfer_config) is True
 
 
 def test_create_connector_builds_both_roles_with_the_kv_cache_config(make_connectors: MakeConnectors) -> None:
