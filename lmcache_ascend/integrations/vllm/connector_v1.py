@@ -41,7 +41,9 @@ remote tiers from the LMCache config) with these differences:
 - the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
   frees its buffer instead of leaking it) and ``remote_get_guard.guard_remote_gets``
   (a Redis server dying during loads neither leaks buffers nor stops the
-  connector's job queue) and ``lm_bounds.bound_lm_connections`` (a hung
+  connector's job queue), ``redis_sentinel_fix.fix_sentinel_connector`` (LMCache
+  0.5.6's ``redis-sentinel://`` connector never awaits its clients: it stored
+  nothing and reported every chunk as stored) and ``lm_bounds.bound_lm_connections`` (a hung
   ``lm://`` server costs ``blocking_timeout_secs``, then a miss);
 - on host KV a prompt's last partial chunk is stored and looked up up to its
   last whole vLLM block (``block_tail.py``; ``lmcache_ascend.block_tails``);
@@ -73,7 +75,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     SupportsHMA,
 )
 
-from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, remote_get_guard
+from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, redis_sentinel_fix, remote_get_guard
 from lmcache_ascend.integrations.vllm import blend, block_tail, hybrid_groups
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
@@ -116,6 +118,7 @@ class LMCacheAscendConnectorBase(LMCacheConnectorV1Dynamic):
             recompute_failed_loads(vllm_config)
         if role == KVConnectorRole.WORKER:
             plugin.guard_disk_writes()  # a full disk must not leak LMCache's buffers (see plugin)
+            redis_sentinel_fix.fix_sentinel_connector()  # LMCache 0.5.6's redis-sentinel:// never awaits redis-py
             remote_get_guard.guard_remote_gets()  # nor a Redis server dying during loads
             lm_bounds.bound_lm_connections()  # and a hung lm:// server costs a timeout, then a miss
             if plugin.on_host(vllm_config):
