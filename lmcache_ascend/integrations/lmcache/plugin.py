@@ -292,12 +292,13 @@ def close_remote_backends(engine: Any, timeout_s: float = 10.0) -> int:
     """Close every remote connector of ``engine`` within ``timeout_s`` each; returns how many.
 
     Call before LMCache closes the engine. LMCache 0.5.6's ``RedisConnector.close``
-    runs the synchronous ``AsyncPQExecutor.shutdown`` on the event loop that
-    shutdown waits for, so closing a ``redis://`` tier blocks forever. Here the
-    executor is stopped with its coroutine (``shutdown_async``) and the
-    connection is left as None, which ``RemoteBackend.close`` then skips.
+    and ``RedisClusterConnector.close`` run the synchronous
+    ``AsyncPQExecutor.shutdown`` on the event loop that shutdown waits for, so
+    closing a ``redis://`` or ``redis-cluster://`` tier blocks that loop's thread
+    forever (and the interpreter's exit with it). Here the executor is stopped
+    with its coroutine (``shutdown_async``) and the connection is left as None,
+    which ``RemoteBackend.close`` then skips.
     """
-    from lmcache.v1.storage_backend.connector.redis_connector import RedisConnector
     from lmcache.v1.storage_backend.remote_backend import RemoteBackend
 
     manager = getattr(engine, "storage_manager", None)
@@ -308,7 +309,8 @@ def close_remote_backends(engine: Any, timeout_s: float = 10.0) -> int:
             continue
         backend.connection = None  # from here on LMCache treats the tier as disconnected
         inner = lm_bounds.unwrapped(connection)
-        closing = _close_redis(inner) if isinstance(inner, RedisConnector) else connection.close()
+        client = REDIS_CLIENTS.get(type(inner).__name__)
+        closing = _close_redis(inner, client) if client else connection.close()
         future = asyncio.run_coroutine_threadsafe(closing, backend.loop)
         try:
             future.result(timeout_s)
@@ -321,9 +323,13 @@ def close_remote_backends(engine: Any, timeout_s: float = 10.0) -> int:
     return closed
 
 
-async def _close_redis(connector: Any) -> None:
+# LMCache's Redis connectors whose close deadlocks, and the attribute holding their client.
+REDIS_CLIENTS = {"RedisConnector": "connection", "RedisClusterConnector": "cluster"}
+
+
+async def _close_redis(connector: Any, client: str) -> None:
     await connector.pq_executor.shutdown_async(wait=False)
-    await connector.connection.aclose()
+    await getattr(connector, client).aclose()
 
 
 _DISK_GUARD = "_lmcache_ascend_guarded"
