@@ -57,7 +57,9 @@ install_deps() {
 }
 
 native_current() {
-  core_built "$ROOT" && "$VENV/bin/python" -c "import lmcache_ascend._kvcore" 2>/dev/null
+  # From / : a tree built in place (setup.py build_ext --inplace, or CI) must not
+  # pass for an environment where the package itself is not installed.
+  core_built "$ROOT" && (cd / && "$VENV/bin/python" -c "import lmcache_ascend._kvcore") 2>/dev/null
 }
 
 setup() {
