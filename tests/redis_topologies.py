@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from lmcache_ascend.integrations.lmcache.remote_servers import (
@@ -44,6 +45,14 @@ def redis_cli(port: int, *words: str, timeout_s: float = 10.0) -> str:
         raise FileNotFoundError("redis-cli is not installed (Debian: apt-get install -y redis-server)")
     out = subprocess.run([cli, "-h", HOST, "-p", str(port), *words], capture_output=True, text=True, timeout=timeout_s, check=True)
     return out.stdout
+
+
+def running(setup: RedisClusterSet | RedisSentinelSet) -> Iterator[RedisClusterSet | RedisSentinelSet]:
+    """Start ``setup``, yield it, stop it (by pid) however the test ended: a fixture body."""
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()
 
 
 def _wait(what: str, ok: object, timeout_s: float = READY_S) -> None:

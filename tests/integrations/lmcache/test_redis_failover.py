@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,35 +39,16 @@ from tests.integrations.lmcache.conftest import (
     wait_until,
 )
 from tests.kernels.reference import Geom, PagedCache, make_paged
-from tests.redis_topologies import SERVICE, RedisClusterSet, RedisSentinelSet
+from tests.redis_topologies import RedisClusterSet, RedisSentinelSet
+
+pytestmark = pytest.mark.slow  # a Redis Cluster or Sentinel set-up per test, failovers of a few seconds
 
 CHUNK = 32
 CHUNKS = 12
 GEOM = Geom(num_layers=2, num_blocks=2 * CHUNKS * CHUNK // 16, block_size=16, num_heads=2, head_size=8)
 TOKENS = (torch.arange(CHUNKS * CHUNK, dtype=torch.long) * 13 + 5) % 30000
 STORE_SLOTS = torch.arange(len(TOKENS), dtype=torch.long)
-pytestmark = pytest.mark.slow  # a Redis Cluster or Sentinel set-up per test, failovers of a few seconds
 LOAD_SLOTS = STORE_SLOTS + len(TOKENS)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
-    c = RedisClusterSet(tmp_path / "cluster")
-    try:
-        yield c.start()
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def sentinel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisSentinelSet]:
-    monkeypatch.setenv("REDIS_SERVICE_NAME", SERVICE)
-    monkeypatch.setenv("REDIS_TIMEOUT", "1")
-    s = RedisSentinelSet(tmp_path / "sentinel")
-    try:
-        yield s.start()
-    finally:
-        s.stop()
 
 
 @pytest.fixture

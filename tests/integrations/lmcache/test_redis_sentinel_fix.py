@@ -8,8 +8,6 @@ loading chunks exactly, and reporting a chunk never stored as absent.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,17 +25,7 @@ from tests.integrations.lmcache.test_redis_failover import (
     load,
     store,
 )
-from tests.redis_topologies import SERVICE, RedisSentinelSet
-
-
-@pytest.fixture
-def sentinel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisSentinelSet]:
-    monkeypatch.setenv("REDIS_SERVICE_NAME", SERVICE)
-    s = RedisSentinelSet(tmp_path / "sentinel")
-    try:
-        yield s.start()
-    finally:
-        s.stop()
+from tests.redis_topologies import RedisSentinelSet, redis_cli
 
 
 def _cls() -> type:
@@ -53,6 +41,10 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(cls, name, getattr(method, "__wrapped__", method))
 
 
+def primary_keys(sentinel: RedisSentinelSet) -> int:
+    return int(redis_cli(sentinel.primary_port(), "dbsize"))
+
+
 def never_stored(engine: Any) -> Any:
     other = (TOKENS + 1) % 30000
     return next(key for _, _, key in engine.token_database.process_tokens(other))
@@ -64,14 +56,8 @@ def test_upstream_sentinel_connector_stores_nothing_and_finds_everything(upstrea
     assert connection.exists_sync(never_stored(engine)) is True  # bool(<coroutine>)
     cache, stored = store(engine)
     sentinel.replicate()
-    assert int(redis_sentinel_fix_dbsize(sentinel)) == 0  # the puts never ran
+    assert primary_keys(sentinel) == 0  # the puts never ran
     assert load(engine, cache, stored) == 0  # each get fails its isawaitable assert
-
-
-def redis_sentinel_fix_dbsize(sentinel: RedisSentinelSet) -> int:
-    from tests.redis_topologies import redis_cli
-
-    return int(redis_cli(sentinel.primary_port(), "dbsize"))
 
 
 def test_fixed_sentinel_connector_stores_finds_and_loads_exactly(sentinel: RedisSentinelSet, remote_engines: EngineFactory) -> None:
@@ -82,6 +68,6 @@ def test_fixed_sentinel_connector_stores_finds_and_loads_exactly(sentinel: Redis
     assert connection.exists_sync(never_stored(engine)) is False
     cache, stored = store(engine)
     sentinel.replicate()
-    assert redis_sentinel_fix_dbsize(sentinel) == 2 * CHUNKS  # metadata and bytes per chunk
+    assert primary_keys(sentinel) == 2 * CHUNKS  # metadata and bytes per chunk
     assert load(engine, cache, stored) == CHUNKS
     wait_until(lambda: active_buffers(engine) == 0, what="loaded buffers released")
