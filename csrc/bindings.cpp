@@ -14,6 +14,7 @@
 #include "host_memory.h"
 #include "plane_transfer.h"
 #include "rope.h"
+#include "openmp_team.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -69,6 +70,8 @@ PYBIND11_MODULE(_kvcore, m) {
   m.def("host_allocation_size", &la::host_allocation_size, py::arg("addr"));
   m.def("host_live_allocations", &la::host_live_allocations);
   m.def("hardware_threads", &la::hardware_threads);
+  m.def("thread_pool_in_use", [] { return la::openmp_team_available() ? "openmp" : "own"; },
+        "Where parallel host copies run now: the process's OpenMP team or our own pool.");
   m.def("page_size", &la::page_size);
   m.def("rope_k_fused", &la::rope_k_fused, py::arg("key_addr"), py::arg("key_kind"),
         py::arg("num_tokens"), py::arg("num_heads"), py::arg("token_stride"),

@@ -1,5 +1,7 @@
 #include "thread_pool.h"
 
+#include "openmp_team.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -146,6 +148,8 @@ void parallel_for(int64_t num_tasks, int max_threads,
     for (int64_t i = 0; i < num_tasks; ++i) fn(i);
     return;
   }
+  const int team = static_cast<int>(std::min<int64_t>(threads, num_tasks));
+  if (run_on_openmp_team(num_tasks, team, fn)) return;
   int helpers = static_cast<int>(std::min<int64_t>(threads - 1, num_tasks - 1));
   Pool& pool = pool_for(helpers);
   pool.run(num_tasks, std::min(helpers, pool.size()), fn);

@@ -15,6 +15,7 @@ import numpy as np
 from lmcache_ascend import _kvcore
 
 NUM_THREADS_ENV = "LMCACHE_ASCEND_NUM_THREADS"
+THREAD_POOL_ENV = "LMCACHE_ASCEND_THREAD_POOL"
 STREAMING_ENV = "LMCACHE_ASCEND_STREAMING_STORES"
 _DEFAULT_MAX_THREADS = 16
 # From this size a transfer is memory-bound on every host we measured, and
@@ -24,6 +25,7 @@ STREAMING_MIN_BYTES = 4 << 20
 
 def num_threads() -> int:
     """Worker threads for host copies: ``$LMCACHE_ASCEND_NUM_THREADS`` or all cores (max 16)."""
+    thread_pool()
     raw = os.environ.get(NUM_THREADS_ENV)
     if raw is None:
         return _default_threads()
@@ -34,6 +36,17 @@ def num_threads() -> int:
     if value < 1:
         raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {raw!r}")
     return value
+
+
+def thread_pool() -> str:
+    """Where parallel host copies run: ``"openmp"`` (the process's OpenMP team, i.e. torch's
+    libgomp threads, which CPU engines compute on: no second set of threads competing for
+    their cores) or ``"own"`` (the core's own pool: no OpenMP runtime loaded, forked after
+    using it, or ``$LMCACHE_ASCEND_THREAD_POOL=own``). See ``csrc/openmp_team.h``."""
+    setting = os.environ.get(THREAD_POOL_ENV, "auto").strip().lower() or "auto"
+    if setting not in ("auto", "own"):
+        raise ValueError(f"{THREAD_POOL_ENV} must be auto or own, got {setting!r}")
+    return _kvcore.thread_pool_in_use()
 
 
 @functools.cache

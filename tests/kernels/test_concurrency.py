@@ -1,4 +1,5 @@
-"""The host core's shared worker pool under concurrent callers and after fork()."""
+"""The host core's threads (the OpenMP team torch loaded, or the core's own pool) under
+concurrent callers and after fork()."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from lmcache_ascend.kernels import host
 from tests.kernels.helpers import call_multi_layer
 from tests.kernels.reference import (
     Geom,
@@ -38,11 +40,44 @@ def _job(fmt: int, direction: int, seed: int) -> tuple[PagedCache, torch.Tensor,
     return cache, obj, slots, want_cache, want_obj
 
 
-def test_concurrent_python_threads(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+POOLS = ("auto", "own")
+
+
+def test_thread_pool_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch is loaded here, so its OpenMP team runs host copies unless told otherwise."""
+    monkeypatch.delenv(host.THREAD_POOL_ENV, raising=False)
+    assert host.thread_pool() == "openmp"
+    monkeypatch.setenv(host.THREAD_POOL_ENV, " Own ")
+    assert host.thread_pool() == "own"
+    monkeypatch.setenv(host.THREAD_POOL_ENV, "openmp")
+    with pytest.raises(ValueError, match=host.THREAD_POOL_ENV):
+        host.thread_pool()
+    with pytest.raises(ValueError, match=host.THREAD_POOL_ENV):
+        host.num_threads()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("direction", (0, 1))
+def test_each_pool_is_exact(pool: str, fmt: int, direction: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big enough to be split into tasks over several threads, on either pool."""
+    monkeypatch.setenv("LMCACHE_ASCEND_NUM_THREADS", "4")
+    monkeypatch.setenv("LMCACHE_ASCEND_KERNEL_BACKEND", "host")
+    monkeypatch.setenv(host.THREAD_POOL_ENV, pool)
+    assert host.thread_pool() == ("openmp" if pool == "auto" else "own")
+    cache, obj, slots, want_cache, want_obj = _job(fmt, direction, fmt * 2 + direction)
+    call_multi_layer(cache, obj, slots, direction, skip=7)
+    assert_cache_equal(cache, want_cache)
+    assert_tensor_equal(obj, want_obj)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_concurrent_python_threads(backend: str, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight Python threads transfer at once (the GIL is released in the core)."""
     monkeypatch.setenv("LMCACHE_ASCEND_NUM_THREADS", "4")
+    monkeypatch.setenv(host.THREAD_POOL_ENV, pool)
     jobs = [_job(FORMATS[i % len(FORMATS)], i % 2, i) for i in range(8)]
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
     start = threading.Barrier(len(jobs))
 
     def work(i: int) -> None:
@@ -51,7 +86,7 @@ def test_concurrent_python_threads(backend: str, monkeypatch: pytest.MonkeyPatch
             start.wait()
             for _ in range(3):  # the same transfer repeated is idempotent
                 call_multi_layer(cache, obj, slots, i % 2, skip=7)
-        except BaseException as exc:  # reported below, with the thread's index
+        except Exception as exc:  # noqa: BLE001 -- any failure is reported below, with the thread's index
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
@@ -66,12 +101,15 @@ def test_concurrent_python_threads(backend: str, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_transfer_in_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child forked after the worker pool started must not wait on the parent's
-    (vanished) workers."""
+@pytest.mark.parametrize("pool", POOLS)
+def test_transfer_in_forked_child(pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the parent's transfers started worker threads (either pool)
+    must not wait on the parent's (vanished) workers: after the OpenMP team was used,
+    the child copies on the core's own pool."""
     monkeypatch.setenv("LMCACHE_ASCEND_NUM_THREADS", "4")
     monkeypatch.setenv("LMCACHE_ASCEND_KERNEL_BACKEND", "host")
-    cache, obj, slots, want_cache, want_obj = _job(1, 1, 99)
+    monkeypatch.setenv(host.THREAD_POOL_ENV, pool)
+    cache, obj, slots, _, want_obj = _job(1, 1, 99)
     warm = _job(6, 0, 98)
     call_multi_layer(warm[0], warm[1], warm[2], 0, skip=7)  # starts the pool in the parent
     expected = want_obj.numpy().tobytes()
@@ -81,6 +119,8 @@ def test_transfer_in_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
         try:
             call_multi_layer(cache, obj, slots, 1, skip=7)
             code = 0 if obj.numpy().tobytes() == expected else 2
+            if host.thread_pool() != "own":
+                code = 3
         finally:
             os._exit(code)
     deadline = time.monotonic() + 120  # a hang guard, not a timing assertion
