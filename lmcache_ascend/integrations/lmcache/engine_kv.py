@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lmcache.v1.gpu_connector.kv_format.contiguity import attempt_permute_to_contiguous_view
 
 from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
 
@@ -39,24 +40,26 @@ class EngineKVCache:
     def __init__(self, engine: str, layout_hints: Mapping[str, Any] | None) -> None:
         self._engine = engine
         self._hints = dict(layout_hints or {})
-        self._key: tuple[int, ...] | None = None
-        self._kv: EngineKV | None = None
+        # (key, detected KV), replaced as one object: callers on several threads never
+        # see one call's key with another call's KV.
+        self._cached: tuple[tuple[Any, ...], EngineKV] | None = None
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
         """``kvcaches`` has passed :func:`check_structure` (``EngineKVUser._engine_kv``)."""
         tensors = flat_buffers(kvcaches)
         # A different view of the same memory (shape, strides, dtype) is a different layout.
         key = tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)
-        if key != self._key or self._kv is None:
-            try:
-                layout = detect_kv_layout(list(kvcaches), self._engine, self._hints)
-            except ValueError as exc:
-                raise ValueError(f"kvcaches: {exc}") from None
-            device = tensors[0].device
-            pointers = torch.tensor(layout.buffer_ptrs, dtype=torch.int64)
-            self._kv = EngineKV(layout, pointers, device, tuple(tensors))
-            self._key = key
-        return self._kv
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            layout = detect_kv_layout(list(kvcaches), self._engine, self._hints)
+        except ValueError as exc:
+            raise ValueError(f"kvcaches: {exc}") from None
+        pointers = torch.tensor(layout.buffer_ptrs, dtype=torch.int64)
+        kv = EngineKV(layout, pointers, tensors[0].device, tuple(tensors))
+        self._cached = (key, kv)
+        return kv
 
 
 def check_structure(kvcaches: object) -> None:
@@ -110,12 +113,22 @@ class EngineKVUser:
         )
 
     def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
-        if "kvcaches" in kwargs:
-            check_structure(kwargs["kvcaches"])  # before LMCache's own helper walks it
-        self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
-        if self.kvcaches is None:
+        """The KV of this call: ``kwargs["kvcaches"]`` when given (else the last one bound).
+
+        LMCache's ``initialize_kvcaches_ptr`` rebinds ``self.kvcaches`` on every call; read
+        back from there, a call running beside another with different buffers (threads of
+        one engine, the GIL released in the copies) could copy into the other's KV.
+        """
+        kvcaches = kwargs.get("kvcaches")
+        if kvcaches is not None:
+            check_structure(kvcaches)  # before LMCache's own helper walks it
+            self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
+            kvcaches = attempt_permute_to_contiguous_view(kvcaches)  # what that call bound
+        else:
+            kvcaches = self.kvcaches
+        if kvcaches is None:
             raise ValueError("'kvcaches' should be provided in kwargs")
-        kv = self._kv_cache.get(self.kvcaches)
+        kv = self._kv_cache.get(kvcaches)
         if kv.num_layers != self.num_layers:
             raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
         return kv

@@ -68,14 +68,19 @@ class MindSporeKVUser(EngineKVUser):
         # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
         # fix-up recurses without end into MindSpore tensors (they iterate as
         # tensors). Permuted views are handled by our own detection instead.
-        if "kvcaches" in kwargs:
-            self.kvcaches = kwargs["kvcaches"]
-        if self.kvcaches is None:
+        # This call's own buffers, not read back from self.kvcaches, which a call on
+        # another thread may rebind meanwhile.
+        kvcaches = kwargs.get("kvcaches")
+        if kvcaches is not None:
+            self.kvcaches = kvcaches
+        else:
+            kvcaches = self.kvcaches
+        if kvcaches is None:
             raise ValueError("'kvcaches' should be provided in kwargs")
         # The engine's kernels that wrote (store) or will read (load) this KV are
         # ordered by MindSpore; copies through raw pointers are not, so wait first.
         self._backend.synchronize()
-        kv = self._ms_kv.get(self.kvcaches)
+        kv = self._ms_kv.get(kvcaches)
         if kv.num_layers != self.num_layers:
             raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
         if kv.use_mla != self.use_mla:

@@ -131,12 +131,16 @@ class MindSporeKVCache:
     """Describes the engine KV once per distinct set of buffers."""
 
     def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._kv: MindSporeKV | None = None
+        # (key, description), replaced as one object: callers on several threads never
+        # see one call's key with another call's description.
+        self._cached: tuple[tuple[Any, ...], MindSporeKV] | None = None
 
     def get(self, kvcaches: Sequence[Any]) -> MindSporeKV:
         key = _buffer_key(kvcaches)
-        if key is None or key != self._key or self._kv is None:
-            self._kv = describe_kv(kvcaches)
-            self._key = key
-        return self._kv
+        cached = self._cached
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        kv = describe_kv(kvcaches)
+        if key is not None:
+            self._cached = (key, kv)
+        return kv

@@ -6,6 +6,8 @@ Each test runs on the host C++ core and on the device-generic torch path
 
 from __future__ import annotations
 
+import sys
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,6 +135,47 @@ def test_load_into_replaced_buffers(backend: str, make_cache: CacheMaker, pool: 
     refs = reference_objects(original, FLASH_NHD, request_slots, starts, ends)
     assert_cache_equal(fresh, expected_load(zeros_like_cache(original), refs, request_slots, starts, ends))
     assert_cache_equal(cache, original)
+
+
+def test_concurrent_loads_into_different_buffers_each_write_their_own(make_cache: CacheMaker, pool: ObjectPool, request_slots: torch.Tensor) -> None:
+    """Threads loading different chunks into different KV buffers through one connector (the
+    GIL is released in the copies): each load writes its own buffers, with its own chunks.
+    LMCache's ``initialize_kvcaches_ptr`` rebinds the connector's ``kvcaches`` on every call;
+    read back from there, a load could copy into another thread's buffers."""
+    starts, ends = chunk_bounds(NUM_TOKENS, CHUNK)
+    conn = connector_for(FLASH_NHD)
+    jobs = []
+    for _ in range(6):
+        source = make_cache(FLASH_NHD, GEOM)  # different random KV each time
+        objs = new_objects(pool, FLASH_NHD, starts, ends, MemoryFormat.KV_2LTD)
+        conn.batched_from_gpu(objs, starts, ends, **store_kwargs(source, request_slots))
+        refs = reference_objects(source, FLASH_NHD, request_slots, starts, ends)
+        want = expected_load(zeros_like_cache(source), refs, request_slots, starts, ends)
+        jobs.append((objs, zeros_like_cache(source), want))
+    start = threading.Barrier(len(jobs))
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        objs, target, want = jobs[i]
+        start.wait()
+        for n in range(200):
+            conn.batched_to_gpu(objs, starts, ends, **load_kwargs(target, request_slots))
+            if not all(torch.equal(a, b) for a, b in zip(target.storage(), want.storage())):
+                errors.append(f"thread {i}, load {n}: its buffers hold other chunks")
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between bytecodes often: races show up
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)  # a hang guard, not a timing assertion
+    finally:
+        sys.setswitchinterval(switch)
+    assert not any(t.is_alive() for t in threads), "a load hung"
+    assert not errors, errors
 
 
 @pytest.mark.parametrize("cached", [0, 256, 300, 511, 600, 10_000])
