@@ -58,6 +58,30 @@ def redis(tmp_path: Path) -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """A 3 + 3 Redis Cluster on loopback (``tests.redis_topologies``); skips without redis-server,
+    named in the run's "not run" summary like ``redis``."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from tests.redis_topologies import RedisClusterSet, running
+
+    yield from running(RedisClusterSet(tmp_path / "cluster"))
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Primary + replica + 3 sentinels on loopback, with LMCache's Sentinel settings in the
+    environment; skips without redis-server, like ``redis``."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from tests.redis_topologies import SERVICE, RedisSentinelSet, running
+
+    monkeypatch.setenv("REDIS_SERVICE_NAME", SERVICE)
+    monkeypatch.setenv("REDIS_TIMEOUT", "1")
+    yield from running(RedisSentinelSet(tmp_path / "sentinel"))
+
+
 # Skip reasons that mean "this machine cannot run these tests", and what runs
 # them: printed as one section at the end of the run, so a missing component is
 # never a silent skip among the -ra lines.

@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAll
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
 from tests.kernels.reference import D2H, Geom, PagedCache, make_paged, ref_transfer
-from tests.redis_topologies import SERVICE, RedisClusterSet, RedisSentinelSet, running
 
 
 @dataclass(frozen=True)
@@ -202,6 +200,13 @@ def active_buffers(engine: Any) -> int:
     return int(getattr(inner, "allocator", inner).num_active_allocations)
 
 
+def allocated_bytes(engine: Any) -> int:
+    """Bytes of the CPU allocator handed out and not had back."""
+    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
+    inner = getattr(allocator, "pin_allocator", allocator)
+    return int(getattr(inner, "allocator", inner).total_allocated_size)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
     """Poll ``condition`` every 50 ms; AssertionError naming ``what`` after ``timeout_s``."""
     pause = threading.Event()
@@ -296,18 +301,3 @@ def paged_engine(
     meta = make_metadata(num_layers=geom.num_layers, num_heads=geom.num_heads, head_size=geom.head_size, chunk_size=chunk_size, model_name=model_name)
     conn = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints=layout.hints)
     return engines.build(conn, meta, **config)
-
-
-# ---------------------------------------------------------------- Redis Cluster / Sentinel set-ups
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
-    yield from running(RedisClusterSet(tmp_path / "cluster"))  # type: ignore[misc]
-
-
-@pytest.fixture
-def sentinel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisSentinelSet]:
-    monkeypatch.setenv("REDIS_SERVICE_NAME", SERVICE)
-    monkeypatch.setenv("REDIS_TIMEOUT", "1")
-    yield from running(RedisSentinelSet(tmp_path / "sentinel"))  # type: ignore[misc]
