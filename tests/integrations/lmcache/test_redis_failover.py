@@ -65,12 +65,12 @@ def engine_on(engines: EngineFactory, url: str) -> Any:
     return paged_engine(engines, GEOM, CHUNK, local_cpu=False, max_local_cpu_size=0.02, remote_url=url, remote_serde="naive", blocking_timeout_secs=10)
 
 
-def chunk_crcs(cache: PagedCache, slots: torch.Tensor) -> list[int]:
+def chunk_crcs(cache: PagedCache, slots: torch.Tensor, block_size: int = GEOM.block_size) -> list[int]:
     """CRC32 of each chunk's K and V rows at ``slots`` (format 16: per-layer (K, V) [NB, BS, NH, HS])."""
     out = []
-    for c in range(CHUNKS):
+    for c in range(len(slots) // CHUNK):
         s = slots[c * CHUNK : (c + 1) * CHUNK]
-        blocks, offsets = s // GEOM.block_size, s % GEOM.block_size
+        blocks, offsets = s // block_size, s % block_size
         crc = 0
         for k, v in cache.data:  # type: ignore[attr-defined]
             for t in (k, v):
@@ -213,20 +213,6 @@ def tokens_of(sequence: int) -> torch.Tensor:
     return (torch.arange(REGION, dtype=torch.long) * (13 + 2 * sequence) + 5 + sequence) % 30000
 
 
-def big_crcs(cache: PagedCache, slots: torch.Tensor) -> list[int]:
-    """CRC32 of each chunk at ``slots`` (format 16, as chunk_crcs)."""
-    out = []
-    for c in range(len(slots) // CHUNK):
-        s = slots[c * CHUNK : (c + 1) * CHUNK]
-        blocks, offsets = s // BIG.block_size, s % BIG.block_size
-        crc = 0
-        for k, v in cache.data:  # type: ignore[attr-defined]
-            for t in (k, v):
-                crc = zlib.crc32(t[blocks, offsets].contiguous().view(torch.uint8).numpy().tobytes(), crc)
-        out.append(crc)
-    return out
-
-
 @pytest.mark.usefixtures("guarded")
 def test_cluster_64_requests_in_flight_across_a_failover(cluster: RedisClusterSet, remote_engines: EngineFactory) -> None:
     """64 concurrent requests (random shared prefixes; a quarter store new sequences) while the
@@ -237,7 +223,7 @@ def test_cluster_64_requests_in_flight_across_a_failover(cluster: RedisClusterSe
     cache = make_paged(ASCEND_KV_TUPLES.fmt, BIG, KV_DTYPE, torch.Generator().manual_seed(5))
     for base in range(BASES):
         engine.store(tokens_of(base), kvcaches=cache.data, slot_mapping=region(base))
-    stored = {base: big_crcs(cache, region(base)) for base in range(BASES)}
+    stored = {base: chunk_crcs(cache, region(base)) for base in range(BASES)}
     wait_until(lambda: active_buffers(engine) == 0, timeout_s=30, what="every put sent")
     cluster.replicate()
     victim = max(cluster.primaries(), key=lambda n: cluster.keys_per_primary()[n.port])
@@ -257,7 +243,7 @@ def test_cluster_64_requests_in_flight_across_a_failover(cluster: RedisClusterSe
         got = int(engine.retrieve(tokens_of(sequence)[: len(slots)], kvcaches=cache.data, slot_mapping=slots).sum())
         assert got % CHUNK == 0, f"{got} tokens is not whole chunks"
         loaded = got // CHUNK
-        assert big_crcs(cache, slots)[:loaded] == stored[sequence][:loaded], f"request {i}: a loaded chunk differs from what was stored"
+        assert chunk_crcs(cache, slots)[:loaded] == stored[sequence][:loaded], f"request {i}: a loaded chunk differs from what was stored"
         return kind, chunks, loaded
 
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
@@ -280,5 +266,5 @@ def test_cluster_64_requests_in_flight_across_a_failover(cluster: RedisClusterSe
             return int(engine.retrieve(tokens_of(base), kvcaches=cache.data, slot_mapping=slots).sum()) == REGION
 
         wait_until(whole, timeout_s=30, what=f"shared prefix {base} a full hit after promotion")
-        assert big_crcs(cache, slots) == stored[base]
+        assert chunk_crcs(cache, slots) == stored[base]
     wait_until(lambda: active_buffers(engine) == 0 and allocated_bytes(engine) == 0, timeout_s=30, what="allocator back to 0 after the reloads")
