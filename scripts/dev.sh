@@ -6,6 +6,7 @@
 #   bash scripts/dev.sh bench   # install everything, run the kernel benchmark
 #   bash scripts/dev.sh bench-e2e  # install everything, run the vLLM end-to-end benchmark
 #   bash scripts/dev.sh bench-mp   # install everything, run the LMCache multi-process benchmark
+#   bash scripts/dev.sh bench-remote  # install everything, one Redis vs a Redis Cluster (needs redis-server)
 #   bash scripts/dev.sh bench-blend  # install everything, run the CacheBlend benchmark
 #   bash scripts/dev.sh bench-blend-vllm  # install everything, run the CacheBlend benchmark in vLLM CPU
 #   bash scripts/dev.sh sglang-demo   # SGLang 0.5.23 --enable-lmcache demo (examples/sglang_demo.py)
@@ -87,9 +88,10 @@ case "$cmd" in
   bench-e2e) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_vllm.py "$@" ;;
   bench-mp) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/e2e_mp.py "$@" ;;
   bench-serve) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/serve_vllm.py "$@" ;;
+  bench-remote) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/remote_tiers.py "$@" ;;
   bench-blend) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend.py "$@" ;;
   bench-blend-vllm) setup; cd "$ROOT" && exec "$VENV/bin/python" benchmarks/blend_vllm.py "$@" ;;
   sglang-demo) exec bash "$ROOT/scripts/sglang_env.sh" run python examples/sglang_demo.py "$@" ;;
   bench-sglang) exec bash "$ROOT/scripts/sglang_env.sh" run python benchmarks/e2e_sglang.py "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-serve|bench-blend|bench-blend-vllm|sglang-demo|bench-sglang|setup|setup-deps} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|bench|bench-e2e|bench-mp|bench-serve|bench-remote|bench-blend|bench-blend-vllm|sglang-demo|bench-sglang|setup|setup-deps} [args...]" >&2; exit 2 ;;
 esac
