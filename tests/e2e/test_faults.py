@@ -8,7 +8,7 @@ double-counted), and once the fault is gone later requests hit again. Every wait
 
 - remote server killed in the middle of a batch of loads, then restarted
   (Redis), and killed between requests, then restarted (``lm://``, whose
-  reconnect needs ``plugin.RemoteConnectionWatch``);
+  reconnect needs ``remote_tier.RemoteConnectionWatch``);
 - remote server slow (a delaying proxy) and stalled (a proxy holding all data,
   bounded by redis-py's ``socket_timeout`` in the URL);
 - local disk tier unwritable (its directory cannot be created, also as root)

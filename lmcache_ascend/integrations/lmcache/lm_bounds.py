@@ -18,7 +18,7 @@ scheduler, for as long as it hangs.
 - ``LMCServerConnector.exists`` / ``get`` / ``put``: after a timeout the
   answer may still arrive later and would be read as the answer to the next
   request, so the socket is closed at once: later operations fail fast instead
-  of reading another request's bytes. ``plugin.RemoteConnectionWatch`` drops a
+  of reading another request's bytes. ``remote_tier.RemoteConnectionWatch`` drops a
   connection whose socket is closed and re-creates it in the background, so
   hits return when the server does.
 

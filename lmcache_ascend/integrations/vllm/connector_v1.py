@@ -35,9 +35,9 @@ remote tiers from the LMCache config) with these differences:
   keeps ``"fail"``;
 - after each step the worker drops an ``lm://`` remote connection that failed
   and re-creates it in the background until the server is back (LMCache's
-  ``lm://`` connector never reconnects; see ``plugin.RemoteConnectionWatch``),
+  ``lm://`` connector never reconnects; see ``remote_tier.RemoteConnectionWatch``),
   and at shutdown remote connectors are closed with a bound first
-  (``plugin.close_remote_backends``: LMCache 0.5.6 hangs closing ``redis://``);
+  (``remote_tier.close_remote_backends``: LMCache 0.5.6 hangs closing ``redis://``);
 - the worker installs ``plugin.guard_disk_writes`` (a failed disk-tier write
   frees its buffer instead of leaking it) and ``remote_get_guard.guard_remote_gets``
   (a Redis server dying during loads neither leaks buffers nor stops the
@@ -75,7 +75,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     SupportsHMA,
 )
 
-from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, redis_sentinel_fix, remote_get_guard
+from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, redis_sentinel_fix, remote_get_guard, remote_tier
 from lmcache_ascend.integrations.vllm import blend, block_tail, hybrid_groups
 from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
 
@@ -113,7 +113,7 @@ class LMCacheAscendConnectorBase(LMCacheConnectorV1Dynamic):
             self._tail_block = hybrid_groups.tail_block(self._hybrid.block_sizes)
         registered = None
         self._blender: blend.VLLMBlender | None = None
-        self._remote_watch = plugin.RemoteConnectionWatch()
+        self._remote_watch = remote_tier.RemoteConnectionWatch()
         if role == KVConnectorRole.SCHEDULER:
             recompute_failed_loads(vllm_config)
         if role == KVConnectorRole.WORKER:
@@ -189,7 +189,7 @@ class LMCacheAscendConnectorBase(LMCacheConnectorV1Dynamic):
             blend.uninstall()
         plugin.quiesce_offload_server(self._lmcache_engine)
         if self.lmcache_engine is not None:
-            plugin.close_remote_backends(self.lmcache_engine)  # LMCache's own close hangs on redis://
+            remote_tier.close_remote_backends(self.lmcache_engine)  # LMCache's own close hangs on redis://
         super().shutdown()
 
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int | None, bool]:

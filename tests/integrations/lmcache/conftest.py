@@ -249,17 +249,17 @@ def engines(isolated_builder: None) -> Iterator[EngineFactory]:
 @pytest.fixture
 def remote_engines(isolated_builder: None) -> Iterator[EngineFactory]:
     """Like ``engines``, but remote connectors are closed first with a bound
-    (``plugin.close_remote_backends``: LMCache 0.5.6's own close hangs on redis://)."""
+    (``remote_tier.close_remote_backends``: LMCache 0.5.6's own close hangs on redis://)."""
     from lmcache.v1.cache_engine import LMCacheEngineBuilder
 
-    from lmcache_ascend.integrations.lmcache import plugin
+    from lmcache_ascend.integrations.lmcache import remote_tier
 
     factory = EngineFactory()
     yield factory
     for name in list(factory.created):
         engine = LMCacheEngineBuilder.get(name)
         if engine is not None:
-            plugin.close_remote_backends(engine, timeout_s=10.0)
+            remote_tier.close_remote_backends(engine, timeout_s=10.0)
         factory.destroy(name)
 
 

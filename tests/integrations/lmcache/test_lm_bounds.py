@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmcache_ascend.integrations.lmcache import lm_bounds, plugin
+from lmcache_ascend.integrations.lmcache import lm_bounds, remote_tier
 from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
@@ -76,7 +76,7 @@ def test_stalled_server_costs_the_timeout_then_a_miss_and_hits_return(remote_eng
         proxy.stall()
         for _ in range(3):  # the first times out; later ones find the connection closed
             assert lookup_returns(engine, 10 * TIMEOUT_S + 5) == 0
-        watch = plugin.RemoteConnectionWatch(reconnect_interval_s=0.0)
+        watch = remote_tier.RemoteConnectionWatch(reconnect_interval_s=0.0)
         assert watch.check(engine) == 1 and backend.connection is None  # the closed socket is dropped
 
         proxy.resume()

@@ -3,10 +3,10 @@
 - ``RedisServer`` / ``LMServer`` start on loopback, keep their port across a
   restart, lose their data on a kill, and always stop;
 - ``FaultProxy`` forwards, delays, stalls and cuts;
-- ``plugin.RemoteConnectionWatch`` drops a failed ``lm://`` connection so a
+- ``remote_tier.RemoteConnectionWatch`` drops a failed ``lm://`` connection so a
   re-created one reaches the restarted server (LMCache's own connector never
   reconnects), and leaves ``redis://`` alone;
-- ``plugin.close_remote_backends`` lets an engine with a ``redis://`` tier
+- ``remote_tier.close_remote_backends`` lets an engine with a ``redis://`` tier
   close (LMCache 0.5.6's own close blocks forever; pinned below).
 
 The engines are real LMCache 0.5.6 engines with our paged device connector;
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.integrations.lmcache import remote_tier
 from lmcache_ascend.integrations.lmcache.remote_servers import (
     HOST,
     FaultProxy,
@@ -180,7 +180,7 @@ def test_watch_drops_a_failed_lm_connection_and_a_new_one_reaches_the_restarted_
     with FaultProxy(lm_server.port) as proxy:
         engine = remote_engine(remote_engines, f"lm://{HOST}:{proxy.port}")
         backend = engine.storage_manager.storage_backends["RemoteBackend"]
-        watch = plugin.RemoteConnectionWatch(reconnect_interval_s=0.0)
+        watch = remote_tier.RemoteConnectionWatch(reconnect_interval_s=0.0)
         assert store_and_load(engine) == len(TOKENS)
         assert watch.check(engine) == 0  # healthy: nothing dropped
 
@@ -221,10 +221,10 @@ def test_watch_leaves_redis_alone_and_close_does_not_hang(remote_engines: Engine
     # themselves; a miss is a miss, never a partial load.
     results = [store_and_load(engine) for _ in range(6)]
     assert set(results) <= {0, len(TOKENS)} and results[-1] == len(TOKENS), results
-    assert plugin.RemoteConnectionWatch().check(engine) == 0
+    assert remote_tier.RemoteConnectionWatch().check(engine) == 0
     assert backend.connection is not None
 
-    closer = threading.Thread(target=plugin.close_remote_backends, args=(engine, 10.0), daemon=True)
+    closer = threading.Thread(target=remote_tier.close_remote_backends, args=(engine, 10.0), daemon=True)
     closer.start()
     closer.join(timeout=30)
     assert not closer.is_alive() and backend.connection is None
@@ -233,7 +233,7 @@ def test_watch_leaves_redis_alone_and_close_does_not_hang(remote_engines: Engine
 
 def test_lmcache_redis_close_still_blocks_its_own_loop() -> None:
     """Pins upstream: if this fails, LMCache fixed RedisConnector.close and
-    ``plugin.close_remote_backends`` can go (it is then only a bounded close)."""
+    ``remote_tier.close_remote_backends`` can go (it is then only a bounded close)."""
     from lmcache.v1.storage_backend.connector.redis_connector import RedisConnector
     from lmcache.v1.storage_backend.job_executor.pq_executor import AsyncPQExecutor
 
