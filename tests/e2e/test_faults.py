@@ -9,6 +9,8 @@ double-counted), and once the fault is gone later requests hit again. Every wait
 - remote server killed in the middle of a batch of loads, then restarted
   (Redis), and killed between requests, then restarted (``lm://``, whose
   reconnect needs ``remote_tier.RemoteConnectionWatch``);
+- a Redis Cluster primary and a Sentinel primary killed in the middle of a batch, a replica
+  promoted;
 - remote server slow (a delaying proxy) and stalled (a proxy holding all data,
   bounded by redis-py's ``socket_timeout`` in the URL);
 - local disk tier unwritable (its directory cannot be created, also as root)
@@ -18,12 +20,14 @@ double-counted), and once the fault is gone later requests hit again. Every wait
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
 from tests.e2e.remote_helpers import CHUNK, FULL_HIT, PROMPT_A, PROMPT_B, PROMPT_C, SessionMaker, one, until_hit, warm
+from tests.redis_topologies import RedisClusterSet, RedisSentinelSet
 
 pytestmark = pytest.mark.slow
 
@@ -144,4 +148,74 @@ def test_disk_full_then_freed(make_session: SessionMaker, tmp_path: Path) -> Non
         s.limit_file_size(None)
         assert until_hit(s, PROMPT_C, one(s, PROMPT_C), attempts=3) >= 1
         assert s.worker()["healthy"]
+    assert s.close() == 0
+
+
+def batch_with_a_timed_kill(session, prompts: list[list[int]], kill, after_s: float) -> tuple[list[dict], float, float]:  # type: ignore[no-untyped-def]
+    """One batch of ``prompts``; ``kill`` runs ``after_s`` into it (joined, never cancelled).
+    Returns the results, when the kill happened and when the batch returned."""
+    killed_at: list[float] = []
+
+    def fire() -> None:
+        kill()
+        killed_at.append(time.monotonic())
+
+    timer = threading.Timer(after_s, fire)
+    timer.start()
+    try:
+        results = session.generate(prompts, max_tokens=8)
+        returned_at = time.monotonic()
+    finally:
+        timer.join()
+    return results, killed_at[0], returned_at
+
+
+def test_redis_cluster_primary_killed_mid_batch(make_session: SessionMaker, cluster: RedisClusterSet) -> None:
+    """A Redis Cluster primary SIGKILLed while a batch of warm requests runs: no request fails,
+    every output equals the fault-free one, every ``from_lmcache`` is a whole-chunk prefix, and
+    once the replica is promoted every prompt is a full hit again."""
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_C]
+    with make_session(remote_url=cluster.url) as s:
+        colds = [one(s, p) for p in prompts]
+        s.settle()
+        cluster.replicate()
+        for p, c in zip(prompts, colds, strict=True):
+            warm(s, p, c)
+        victim = max(cluster.primaries(), key=lambda n: cluster.keys_per_primary()[n.port])
+        results, killed_at, returned_at = batch_with_a_timed_kill(s, prompts * 8, victim.kill, after_s=0.05)
+        assert killed_at < returned_at, "the kill came after the batch: nothing was in flight"
+        for r, c in zip(results, colds * 8, strict=True):
+            check_outputs([r], c)
+        assert not victim.is_running()
+
+        cluster.wait_healthy()
+        for p, c in zip(prompts, colds, strict=True):
+            until_hit(s, p, c, attempts=4, pause_s=1.0)
+        state = s.settle()
+        assert state["allocator_consistent"] is not False, state
+    assert s.close() == 0
+
+
+def test_redis_sentinel_primary_killed_mid_batch(make_session: SessionMaker, sentinel: RedisSentinelSet) -> None:
+    """The Sentinel set-up's primary SIGKILLed while a batch of warm requests runs: no request
+    fails, outputs equal the fault-free ones, loads are whole-chunk prefixes (reads go to the
+    replica), and after Sentinel promotes it the prompts hit again."""
+    prompts = [PROMPT_A, PROMPT_B, PROMPT_C]
+    with make_session(remote_url=sentinel.url) as s:
+        colds = [one(s, p) for p in prompts]
+        s.settle()
+        sentinel.replicate()
+        for p, c in zip(prompts, colds, strict=True):
+            warm(s, p, c)
+        old = sentinel.primary_port()
+        results, killed_at, returned_at = batch_with_a_timed_kill(s, prompts * 8, sentinel.primary.kill, after_s=0.05)
+        assert killed_at < returned_at, "the kill came after the batch: nothing was in flight"
+        for r, c in zip(results, colds * 8, strict=True):
+            check_outputs([r], c)
+
+        assert sentinel.wait_failover(old) == sentinel.replica.port
+        for p, c in zip(prompts, colds, strict=True):
+            until_hit(s, p, c, attempts=4, pause_s=1.0)
+        state = s.settle()
+        assert state["allocator_consistent"] is not False, state
     assert s.close() == 0
