@@ -171,7 +171,6 @@ def bench_format(fmt: F, s: Shape, repeat: int, rotate: int, gen: torch.Generato
         ]
 
     out = _measure(calls, s.object_bytes, repeat, rotate, fmt in UPSTREAM_OK)
-    del layers
     return out
 
 
@@ -209,7 +208,6 @@ def bench_plane_tuple(spec: PlaneSpec, s: Shape, repeat: int, rotate: int, gen: 
 
     nbytes = s.layers * chunk * row_bytes
     out = _measure(calls, nbytes, repeat, rotate, True)
-    del layers
     return out
 
 
@@ -229,7 +227,6 @@ def bench_nz(fmt: KVFormat, s: Shape, repeat: int, rotate: int, gen: torch.Gener
         ]
 
     out = _measure(calls, s.object_bytes, repeat, rotate, False)
-    del layers
     return out
 
 

@@ -110,8 +110,8 @@ def torch_kv(bits: np.ndarray, geom: Geom, dtype: str) -> list[tuple[torch.Tenso
     """The same KV as torch tensors (what the PyTorch flavour sees on vllm-ascend)."""
     tdtype = DTYPES[dtype][1]
     return [
-        tuple(torch.from_numpy(bits[l, p].reshape(geom.tensor_shape).view(np.int16).copy()).view(tdtype) for p in range(geom.planes))
-        for l in range(geom.num_layers)
+        tuple(torch.from_numpy(bits[layer, p].reshape(geom.tensor_shape).view(np.int16).copy()).view(tdtype) for p in range(geom.planes))
+        for layer in range(geom.num_layers)
     ]
 
 
