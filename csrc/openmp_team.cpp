@@ -1,14 +1,15 @@
 #include "openmp_team.h"
 
+#include "task_list.h"
+
 #include <dlfcn.h>
 #include <pthread.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cctype>
-#include <string>
-#include <exception>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 
 namespace lmcache_ascend {
 namespace {
@@ -59,53 +60,31 @@ bool chosen_by_environment() {
   return value != "own";
 }
 
-struct Job {
-  const std::function<void(int64_t)>* fn;
-  int64_t num_tasks;
-  std::atomic<int64_t> next{0};
-  std::mutex mu;
-  std::exception_ptr error;
-};
-
-// Runs on every thread of the team. Exceptions must not cross libgomp's C
-// frames: the first one is kept and the remaining tasks are abandoned.
-void drain(void* arg) {
-  Job& job = *static_cast<Job*>(arg);
-  for (;;) {
-    const int64_t i = job.next.fetch_add(1);
-    if (i >= job.num_tasks) return;
-    try {
-      (*job.fn)(i);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(job.mu);
-      if (!job.error) job.error = std::current_exception();
-      job.next.store(job.num_tasks);
-    }
-  }
-}
+void drain(void* tasks) { static_cast<TaskList*>(tasks)->drain(); }
 
 std::mutex g_job_mu;
 
-}  // namespace
-
-bool openmp_team_available() {
-  if (!chosen_by_environment() || g_forked_after_use.load()) return false;
+// The runtime when its team may be used now (see openmp_team.h), else empty.
+Runtime usable_runtime() {
+  if (!chosen_by_environment() || g_forked_after_use.load()) return {};
   const Runtime rt = runtime();
-  return rt.parallel != nullptr && rt.level() == 0;
+  return rt.parallel != nullptr && rt.level() == 0 ? rt : Runtime{};
 }
 
+}  // namespace
+
+bool openmp_team_available() { return usable_runtime().parallel != nullptr; }
+
 bool run_on_openmp_team(int64_t num_tasks, int threads, const std::function<void(int64_t)>& fn) {
-  if (!openmp_team_available()) return false;
-  const Runtime rt = runtime();
-  Job job;
-  job.fn = &fn;
-  job.num_tasks = num_tasks;
+  const Runtime rt = usable_runtime();
+  if (rt.parallel == nullptr) return false;
+  TaskList tasks(fn, num_tasks);
   {
     std::lock_guard<std::mutex> lock(g_job_mu);
     g_used.store(true);
-    rt.parallel(&drain, &job, static_cast<unsigned>(threads), 0);
+    rt.parallel(&drain, &tasks, static_cast<unsigned>(threads), 0);
   }
-  if (job.error) std::rethrow_exception(job.error);
+  tasks.rethrow();
   return true;
 }
 

@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include "openmp_team.h"
+#include "task_list.h"
 
 #include <unistd.h>
 
@@ -39,44 +40,32 @@ class Pool {
   void run(int64_t num_tasks, int helpers,
            const std::function<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> job_guard(job_mu_);
+    TaskList tasks(fn, num_tasks);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      fn_ = &fn;
-      num_tasks_ = num_tasks;
-      next_.store(0);
+      tasks_ = &tasks;
       helpers_wanted_ = helpers;
       helpers_active_ = 0;
-      error_ = nullptr;
       ++generation_;
     }
     wake_.notify_all();
-    drain();
-    std::unique_lock<std::mutex> lock(mu_);
-    // Helpers that have not woken up yet are no longer needed: every task is
-    // claimed. Only wait for the ones already running a task.
-    helpers_wanted_ = 0;
-    done_.wait(lock, [this] { return helpers_active_ == 0; });
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    tasks.drain();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Helpers that have not woken up yet are no longer needed: every task is
+      // claimed. Only wait for the ones already running a task.
+      helpers_wanted_ = 0;
+      done_.wait(lock, [this] { return helpers_active_ == 0; });
+      tasks_ = nullptr;
+    }
+    tasks.rethrow();
   }
 
  private:
-  void drain() {
-    for (;;) {
-      int64_t i = next_.fetch_add(1);
-      if (i >= num_tasks_) return;
-      try {
-        (*fn_)(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (!error_) error_ = std::current_exception();
-        next_.store(num_tasks_);  // stop handing out work
-      }
-    }
-  }
 
   void worker_loop() {
     uint64_t seen = 0;
+    TaskList* tasks = nullptr;
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -87,8 +76,9 @@ class Pool {
         seen = generation_;
         --helpers_wanted_;
         ++helpers_active_;
+        tasks = tasks_;
       }
-      drain();
+      tasks->drain();
       {
         std::lock_guard<std::mutex> lock(mu_);
         --helpers_active_;
@@ -102,14 +92,11 @@ class Pool {
   std::mutex mu_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t num_tasks_ = 0;
-  std::atomic<int64_t> next_{0};
+  TaskList* tasks_ = nullptr;  // the running job's, on run()'s stack
   int helpers_wanted_ = 0;
   int helpers_active_ = 0;
   uint64_t generation_ = 0;
   bool stopping_ = false;
-  std::exception_ptr error_;
 };
 
 std::mutex g_pool_mu;
