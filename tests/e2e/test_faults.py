@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,11 @@ def batch_with_a_kill(session, prompt: list[int], proxy: FaultProxy, kill) -> li
     kill comes; the kill always happens (the timer is joined, not cancelled).
     """
     proxy.set_delay(0.05)
-    timer = threading.Timer(0.5, kill)
-    timer.start()
     try:
-        return session.generate([prompt] * 6, max_tokens=8)
+        results, _, _ = batch_with_a_timed_kill(session, [prompt] * 6, kill, after_s=0.5)
     finally:
-        timer.join()
         proxy.set_delay(0)
+    return results
 
 
 def check_outputs(results: list[dict], cold: dict) -> None:
@@ -170,52 +169,57 @@ def batch_with_a_timed_kill(session, prompts: list[list[int]], kill, after_s: fl
     return results, killed_at[0], returned_at
 
 
-def test_redis_cluster_primary_killed_mid_batch(make_session: SessionMaker, cluster: RedisClusterSet) -> None:
-    """A Redis Cluster primary SIGKILLed while a batch of warm requests runs: no request fails,
-    every output equals the fault-free one, every ``from_lmcache`` is a whole-chunk prefix, and
-    once the replica is promoted every prompt is a full hit again."""
+def serve_through_a_failover(make_session: SessionMaker, url: str, replicate: Callable[[], None], arm: Callable[[], tuple[Callable[[], None], Callable[[], None]]]) -> None:
+    """Three prompts stored, replicated and warm; then a batch of 24 warm requests during which
+    the primary is SIGKILLed: no request fails, every output equals the fault-free one, every
+    ``from_lmcache`` is a whole-chunk prefix, and once a replica is promoted every prompt is a
+    full hit again. ``arm()`` (called right before the batch) returns the kill and a wait for
+    the promotion."""
     prompts = [PROMPT_A, PROMPT_B, PROMPT_C]
-    with make_session(remote_url=cluster.url) as s:
+    with make_session(remote_url=url) as s:
         colds = [one(s, p) for p in prompts]
         s.settle()
-        cluster.replicate()
+        replicate()
         for p, c in zip(prompts, colds, strict=True):
             warm(s, p, c)
-        victim = max(cluster.primaries(), key=lambda n: cluster.keys_per_primary()[n.port])
-        results, killed_at, returned_at = batch_with_a_timed_kill(s, prompts * 8, victim.kill, after_s=0.05)
+        kill, promoted = arm()
+        results, killed_at, returned_at = batch_with_a_timed_kill(s, prompts * 8, kill, after_s=0.05)
         assert killed_at < returned_at, "the kill came after the batch: nothing was in flight"
         for r, c in zip(results, colds * 8, strict=True):
             check_outputs([r], c)
-        assert not victim.is_running()
 
-        cluster.wait_healthy()
+        promoted()
         for p, c in zip(prompts, colds, strict=True):
             until_hit(s, p, c, attempts=4, pause_s=1.0)
         state = s.settle()
         assert state["allocator_consistent"] is not False, state
     assert s.close() == 0
+
+
+def test_redis_cluster_primary_killed_mid_batch(make_session: SessionMaker, cluster: RedisClusterSet) -> None:
+    """The cluster primary holding most keys is the one killed."""
+
+    def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+        victim = max(cluster.primaries(), key=lambda n: cluster.keys_per_primary()[n.port])
+
+        def promoted() -> None:
+            assert not victim.is_running()
+            cluster.wait_healthy()
+
+        return victim.kill, promoted
+
+    serve_through_a_failover(make_session, cluster.url, cluster.replicate, arm)
 
 
 def test_redis_sentinel_primary_killed_mid_batch(make_session: SessionMaker, sentinel: RedisSentinelSet) -> None:
-    """The Sentinel set-up's primary SIGKILLed while a batch of warm requests runs: no request
-    fails, outputs equal the fault-free ones, loads are whole-chunk prefixes (reads go to the
-    replica), and after Sentinel promotes it the prompts hit again."""
-    prompts = [PROMPT_A, PROMPT_B, PROMPT_C]
-    with make_session(remote_url=sentinel.url) as s:
-        colds = [one(s, p) for p in prompts]
-        s.settle()
-        sentinel.replicate()
-        for p, c in zip(prompts, colds, strict=True):
-            warm(s, p, c)
-        old = sentinel.primary_port()
-        results, killed_at, returned_at = batch_with_a_timed_kill(s, prompts * 8, sentinel.primary.kill, after_s=0.05)
-        assert killed_at < returned_at, "the kill came after the batch: nothing was in flight"
-        for r, c in zip(results, colds * 8, strict=True):
-            check_outputs([r], c)
+    """Reads go to the replica meanwhile; Sentinel promotes it."""
 
-        assert sentinel.wait_failover(old) == sentinel.replica.port
-        for p, c in zip(prompts, colds, strict=True):
-            until_hit(s, p, c, attempts=4, pause_s=1.0)
-        state = s.settle()
-        assert state["allocator_consistent"] is not False, state
-    assert s.close() == 0
+    def arm() -> tuple[Callable[[], None], Callable[[], None]]:
+        old = sentinel.primary_port()
+
+        def promoted() -> None:
+            assert sentinel.wait_failover(old) == sentinel.replica.port
+
+        return sentinel.primary.kill, promoted
+
+    serve_through_a_failover(make_session, sentinel.url, sentinel.replicate, arm)

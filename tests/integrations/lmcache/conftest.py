@@ -193,18 +193,21 @@ def disk_writes_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+def _cpu_allocator(engine: Any) -> Any:
+    """The allocator under the engine's CPU backend (MixedMemoryAllocator wraps one)."""
+    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
+    inner = getattr(allocator, "pin_allocator", allocator)
+    return getattr(inner, "allocator", inner)
+
+
 def active_buffers(engine: Any) -> int:
     """CPU buffers the engine's allocator has handed out and not had back."""
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    inner = getattr(allocator, "pin_allocator", allocator)  # MixedMemoryAllocator wraps one
-    return int(getattr(inner, "allocator", inner).num_active_allocations)
+    return int(_cpu_allocator(engine).num_active_allocations)
 
 
 def allocated_bytes(engine: Any) -> int:
     """Bytes of the CPU allocator handed out and not had back."""
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    inner = getattr(allocator, "pin_allocator", allocator)
-    return int(getattr(inner, "allocator", inner).total_allocated_size)
+    return int(_cpu_allocator(engine).total_allocated_size)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:

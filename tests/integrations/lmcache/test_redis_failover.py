@@ -61,8 +61,9 @@ def guarded() -> None:
     remote_get_guard.guard_remote_gets()
 
 
-def engine_on(engines: EngineFactory, url: str) -> Any:
-    return paged_engine(engines, GEOM, CHUNK, local_cpu=False, max_local_cpu_size=0.02, remote_url=url, remote_serde="naive", blocking_timeout_secs=10)
+def engine_on(engines: EngineFactory, url: str, geom: Geom = GEOM, cpu_gib: float = 0.02) -> Any:
+    """Every hit a remote get: LMCache's CPU tier only stages (``cpu_gib`` of buffers)."""
+    return paged_engine(engines, geom, CHUNK, local_cpu=False, max_local_cpu_size=cpu_gib, remote_url=url, remote_serde="naive", blocking_timeout_secs=10)
 
 
 def chunk_crcs(cache: PagedCache, slots: torch.Tensor, block_size: int = GEOM.block_size) -> list[int]:
@@ -183,13 +184,12 @@ def test_sentinel_primary_killed_during_loads_then_promoted(sentinel: RedisSenti
     wait_until(lambda: active_buffers(engine) == 0, what="buffers released")
 
 
-
 IN_FLIGHT = 64
 BASES = 4
 REGION = CHUNKS * CHUNK  # slots of one request (whole blocks)
-# One engine, one paged KV cache (an LMCache connector serves the first ``kvcaches`` it
-# is given): the shared prefixes are stored from regions 0..BASES-1, request i works in
-# region BASES + i, so concurrent loads write disjoint slots.
+# One engine with one paged KV cache, as in serving: the shared prefixes are stored from
+# regions 0..BASES-1, request i works in region BASES + i, so concurrent loads write
+# disjoint slots.
 BIG = Geom(num_layers=2, num_blocks=(BASES + IN_FLIGHT) * REGION // 16, block_size=16, num_heads=2, head_size=8)
 
 
@@ -219,7 +219,7 @@ def test_cluster_64_requests_in_flight_across_a_failover(cluster: RedisClusterSe
     primary holding most keys is SIGKILLed: every request returns, every loaded chunk has the
     stored CRC32, the allocator is back to 0 objects / 0 bytes, and after promotion every
     shared prefix loads exactly."""
-    engine = paged_engine(remote_engines, BIG, CHUNK, local_cpu=False, max_local_cpu_size=0.05, remote_url=cluster.url, remote_serde="naive", blocking_timeout_secs=10)
+    engine = engine_on(remote_engines, cluster.url, BIG, cpu_gib=0.05)
     cache = make_paged(ASCEND_KV_TUPLES.fmt, BIG, KV_DTYPE, torch.Generator().manual_seed(5))
     for base in range(BASES):
         engine.store(tokens_of(base), kvcaches=cache.data, slot_mapping=region(base))
