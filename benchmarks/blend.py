@@ -34,11 +34,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, format_table, print_json_last, time_calls  # noqa: E402
 
-from lmcache_ascend.blend.local_stack import LocalBlendStack, StackOptions, full_recompute, load_model  # noqa: E402
-from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens  # noqa: E402
-from lmcache_ascend.tools.tiny_model import TinyLlamaSpec, build  # noqa: E402
+from testkit.blend_stack import LocalBlendStack, StackOptions, full_recompute, load_model  # noqa: E402
+from testkit.blend_workload import MultiDocWorkload, separator_tokens  # noqa: E402
+from testkit.tiny_model import TinyLlamaSpec, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Compute-heavier than the test model, so prefill compute (what blending saves)

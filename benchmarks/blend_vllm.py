@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from blend import SPEC, workload_parser  # noqa: E402
 from common import bar_chart, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens  # noqa: E402
-from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
-from lmcache_ascend.tools.tiny_model import build, prompt_token_ids  # noqa: E402
+from testkit.blend_workload import MultiDocWorkload, separator_tokens  # noqa: E402
+from testkit.vllm_runner import run_engine  # noqa: E402
+from testkit.tiny_model import build, prompt_token_ids  # noqa: E402
 
 MODES = ("full", "standard", "hole")
 

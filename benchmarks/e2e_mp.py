@@ -38,12 +38,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
-from lmcache_ascend.integrations.lmcache.mp_server import running_server  # noqa: E402
-from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
-from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
+from testkit.mp_server import running_server  # noqa: E402
+from testkit.vllm_runner import run_engine  # noqa: E402
+from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = {"ascend_cpu": BACKEND_NAME, "default": None}

@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
-from lmcache_ascend.integrations.lmcache.mp_server import running_server  # noqa: E402
-from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
+from testkit.mp_server import running_server  # noqa: E402
+from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 from tests.e2e.sglang.servers import (  # noqa: E402
     Generation, SGLangServer, flush_cache, generate, running_sglang, write_lmcache_config, work_directory,
 )  # fmt: skip

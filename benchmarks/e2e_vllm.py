@@ -34,10 +34,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
-from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
+from testkit.vllm_runner import run_engine  # noqa: E402
+from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

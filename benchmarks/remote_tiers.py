@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))  # tests.redis_topologies: the cluster set-up the tests use
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer  # noqa: E402
-from lmcache_ascend.integrations.vllm.runner import run_engine  # noqa: E402
-from lmcache_ascend.tools.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
+from testkit.remote_servers import RedisServer  # noqa: E402
+from testkit.vllm_runner import run_engine  # noqa: E402
+from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 from tests.redis_topologies import RedisClusterSet  # noqa: E402
 
 CHUNK = 256

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.tools.tiny_model import KV_HEAVY, build  # noqa: E402
+from testkit.tiny_model import KV_HEAVY, build  # noqa: E402
 from tests.e2e.vllm_serve import SETUPS, running_vllm_serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

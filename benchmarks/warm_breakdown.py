@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
-from lmcache_ascend.integrations.vllm.runner import parse_result  # noqa: E402
+from testkit.vllm_runner import parse_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_PREFIX = "WARM_BREAKDOWN "
@@ -94,8 +95,8 @@ def measure_in_worker(worker: Any, tokens: list[int], repeat: int) -> dict[str, 
 
 
 def child(raw: str) -> int:
-    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm
-    from lmcache_ascend.tools.tiny_model import prompt_token_ids
+    from testkit.vllm_offline import LLMOptions, run_prompt, start_llm
+    from testkit.tiny_model import prompt_token_ids
 
     args = json.loads(raw)
     prompt = prompt_token_ids(args["prompt_tokens"], offset=31)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "warm_breakdown.png")
     a = p.parse_args(argv)
 
-    from lmcache_ascend.tools.tiny_model import KV_HEAVY, build
+    from testkit.tiny_model import KV_HEAVY, build
 
     build(a.model_dir, KV_HEAVY)
     print(f"[1/2] this connector: cold, warm, then the phases of one load ({a.repeat} times)", flush=True)

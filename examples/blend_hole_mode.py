@@ -24,9 +24,11 @@ hole). Standard blending reuses doc1 only; hole mode also reuses doc3.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # testkit/: the harness beside the package, not in the wheel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from lmcache_ascend.blend.local_stack import LocalBlendStack, StackOptions, full_recompute, load_model
-    from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens
-    from lmcache_ascend.tools.tiny_model import build
+    from testkit.blend_stack import LocalBlendStack, StackOptions, full_recompute, load_model
+    from testkit.blend_workload import MultiDocWorkload, separator_tokens
+    from testkit.tiny_model import build
 
     print(f"[1/4] building / loading the random Llama in {a.model_dir}", flush=True)
     build(a.model_dir)

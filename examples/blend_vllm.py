@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # testkit/: the harness beside the package, not in the wheel
 
 
 def step(i: int, total: int, text: str) -> None:
@@ -46,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens
+    from testkit.blend_workload import MultiDocWorkload, separator_tokens
     from lmcache_ascend.integrations.vllm import blend
-    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm
-    from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
+    from testkit.vllm_offline import LLMOptions, run_prompt, start_llm
+    from testkit.tiny_model import build, prompt_token_ids
 
     total, hole_mode = 6, not a.standard
     step(1, total, f"model: {a.model_dir}")

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # testkit/: the harness beside the package, not in the wheel
 
 
 def main(argv: list[str] | None = None) -> int:
     from lmcache_ascend.integrations.lmcache.device_plugin import BACKEND_NAME
-    from lmcache_ascend.integrations.lmcache.mp_server import running_server
-    from lmcache_ascend.integrations.vllm.runner import run_engine
-    from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
+    from testkit.mp_server import running_server
+    from testkit.vllm_runner import run_engine
+    from testkit.tiny_model import build, prompt_token_ids
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "tiny-llama")

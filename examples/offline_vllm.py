@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # testkit/: the harness beside the package, not in the wheel
 # Where the steps and results go: the terminal, even while engine output is
 # redirected to the log file (see engine_output_to).
 CONSOLE: TextIO = sys.stdout
@@ -97,8 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lmcache_ascend.integrations.vllm.offline import LLMOptions, run_prompt, start_llm, stop_llm
-    from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
+    from testkit.vllm_offline import LLMOptions, run_prompt, start_llm, stop_llm
+    from testkit.tiny_model import build, prompt_token_ids
 
     total = 6
     step(1, total, f"model: {args.model_dir}")

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
-from lmcache_ascend.integrations.lmcache.mp_server import running_server, server_command  # noqa: E402
-from lmcache_ascend.tools.tiny_model import build, prompt_token_ids  # noqa: E402
+from testkit.mp_server import running_server, server_command  # noqa: E402
+from testkit.tiny_model import build, prompt_token_ids  # noqa: E402
 from tests.e2e.sglang.servers import (  # noqa: E402
     STANDIN_DIR, flush_cache, generate, running_sglang, sglang_command, sglang_env, write_lmcache_config, work_directory,
 )  # fmt: skip

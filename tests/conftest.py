@@ -52,7 +52,7 @@ def redis(tmp_path: Path) -> Iterator[Any]:
     """Debian's redis-server on a free loopback port (``.url``), stopped afterwards; skips without it."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")  # named in the run's summary, see NOT_RUN_HINTS
-    from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
+    from testkit.remote_servers import RedisServer
 
     with RedisServer(tmp_path / "redis.log") as server:
         yield server

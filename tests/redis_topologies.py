@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmcache_ascend.integrations.lmcache.remote_servers import (
+from testkit.remote_servers import (
     HOST,
     RedisServer,
     redis_command,

@@ -21,8 +21,10 @@ Modules, each with one job:
 - ``model``: layer-by-layer access to a transformers Llama.
 - ``forward``: the blended layerwise forward (selection, attention of selected tokens).
 - ``blender``: the blender LMCache's vLLM adapter calls (``blend(tokens, mask, **kw)``).
-- ``local_stack`` / ``workload``: an in-process LMCache + paged-KV stack and a
-  synthetic multi-document workload, for tests, the example and the benchmark.
+
+The in-process LMCache + paged-KV stack and the synthetic multi-document workload
+that tests, examples and benchmarks use live in the test kit
+(``testkit/blend_stack.py``, ``testkit/blend_workload.py``), not in the package.
 
 The device connector is ``integrations/lmcache/blend_connector.py`` (``KV_2TD``).
 """

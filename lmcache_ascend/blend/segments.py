@@ -11,6 +11,10 @@ segments the blend uses (:attr:`SegmentLookup.usable`):
 - standard: the cached segments before the first miss, exactly what
   ``LMCacheEngine.lookup`` / ``retrieve_layer`` serve;
 - hole mode: every cached segment, wherever it sits.
+
+:func:`hole_mode_lookup` makes an engine's ``lookup`` (what vLLM's scheduler
+asks through LMCache's lookup server) count the cached segments after a missing
+one; pinned by ``tests/integrations/vllm/test_blend_wiring.py``.
 """
 
 from __future__ import annotations
@@ -104,3 +108,28 @@ def lookup_segments(
         location = next(iter(mapping)) if hits == num_layers and len(mapping) == 1 else None
         found.append(Segment(int(start), int(end), key, location))
     return SegmentLookup(tuple(found), hole_mode)
+
+
+def hole_mode_lookup(engine: Any) -> None:
+    """Make ``engine.lookup`` report CacheBlend hole-mode hits: the end of the last cached segment.
+
+    LMCache's lookup (and so vLLM's scheduler) stops at the first segment that
+    is not cached. In hole mode the blender computes the holes itself, so the
+    hit runs to the end of the last cached segment. The prefix lookup still runs
+    first, unchanged, so its pins and statistics stay LMCache's; segments past
+    the prefix are not pinned (one evicted before the load is a hole the blender
+    computes).
+    """
+    prefix_lookup = engine.lookup
+    if getattr(prefix_lookup, "hole_mode", False):
+        return
+
+    def lookup(tokens: Any = None, *args: Any, request_configs: Any = None, **kwargs: Any) -> int:
+        hit = int(prefix_lookup(tokens, *args, request_configs=request_configs, **kwargs))
+        if tokens is None or not engine.is_healthy():  # LMCache answered 0 without probing storage
+            return hit
+        segments = lookup_segments(engine, tokens, hole_mode=True, request_configs=request_configs)
+        return max(hit, segments.hit_end)
+
+    lookup.hole_mode = True  # type: ignore[attr-defined]
+    engine.lookup = lookup

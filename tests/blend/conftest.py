@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from lmcache_ascend.blend.local_stack import LocalBlendStack, StackOptions, load_model
-from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens
+from testkit.blend_stack import LocalBlendStack, StackOptions, load_model
+from testkit.blend_workload import MultiDocWorkload, separator_tokens
 
 NUM_DOCS = 4
 DOC_LEN = 48
@@ -23,7 +23,7 @@ QUESTION_LEN = 12
 
 @pytest.fixture(scope="session")
 def blend_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmcache_ascend.tools import tiny_model
+    from testkit import tiny_model
 
     return tiny_model.build(tmp_path_factory.mktemp("blend-tiny-llama"))
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from lmcache_ascend.blend.blender import SegmentBlender
-from lmcache_ascend.blend.local_stack import LocalBlendStack, full_recompute
-from lmcache_ascend.blend.workload import MultiDocWorkload
+from testkit.blend_stack import LocalBlendStack, full_recompute
+from testkit.blend_workload import MultiDocWorkload
 from tests.blend.conftest import DOC_LEN, NUM_DOCS, StackFactory
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcache_ascend.blend.local_stack import LocalBlendStack
+from testkit.blend_stack import LocalBlendStack
 from lmcache_ascend.blend.retrieve import retrieve_segments
 from lmcache_ascend.blend.segments import Segment, lookup_segments
-from lmcache_ascend.blend.workload import MultiDocWorkload
+from testkit.blend_workload import MultiDocWorkload
 
 
 def test_protocol_and_mask_for_segments_around_a_hole(flash_stack: LocalBlendStack, workload: MultiDocWorkload) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmcache_ascend.blend.local_stack import LocalBlendStack
+from testkit.blend_stack import LocalBlendStack
 from lmcache_ascend.blend.segments import Segment, SegmentLookup, lookup_segments
-from lmcache_ascend.blend.workload import MultiDocWorkload
+from testkit.blend_workload import MultiDocWorkload
 from tests.blend.conftest import DOC_LEN, NUM_DOCS, QUESTION_LEN
 
 

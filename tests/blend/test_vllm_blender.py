@@ -2,7 +2,7 @@
 
 - ``VLLMBlender``: a successful blend is counted; a failing one returns None,
   reports the request's blocks for recompute (once) and never raises;
-- ``plugin.hole_mode_lookup``: the engine's lookup (what vLLM's scheduler asks)
+- ``blend.segments.hole_mode_lookup``: the engine's lookup (what vLLM's scheduler asks)
   reports the end of the last cached segment, and stays LMCache's own prefix
   lookup where there is no hole.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcache_ascend.blend.local_stack import LocalBlendStack
-from lmcache_ascend.blend.workload import MultiDocWorkload
-from lmcache_ascend.integrations.lmcache import plugin
+from testkit.blend_stack import LocalBlendStack
+from testkit.blend_workload import MultiDocWorkload
+from lmcache_ascend.blend.segments import hole_mode_lookup
 from lmcache_ascend.integrations.vllm.blend import VLLMBlender
 from tests.blend.conftest import DOC_LEN, NUM_DOCS
 
@@ -64,8 +64,8 @@ def test_hole_mode_lookup_counts_segments_after_the_hole(
     tokens = workload.prompt(holes=(hole,))
     prefix = engine.lookup(tokens)
     assert prefix == (workload.document_span(hole - 1)[1] if hole else 0), "LMCache's own lookup stops at the hole"
-    plugin.hole_mode_lookup(engine)
-    plugin.hole_mode_lookup(engine)  # idempotent: one wrapper
+    hole_mode_lookup(engine)
+    hole_mode_lookup(engine)  # idempotent: one wrapper
     last_cached = NUM_DOCS - 1 if hole < NUM_DOCS - 1 else NUM_DOCS - 2
     assert engine.lookup(tokens) == workload.document_span(last_cached)[1]
     assert engine.lookup(workload.prompt()) == workload.document_span(NUM_DOCS - 1)[1], "no hole: the prefix lookup's answer"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.tools.tiny_model import build
+from testkit.tiny_model import build
 from tests.e2e.remote_helpers import SessionMaker, session_maker
 
 
@@ -27,7 +27,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def run_vllm(tmp_path: Path) -> Callable[..., list[dict]]:
     """Run one vLLM engine in a fresh process; returns its per-prompt results."""
-    from lmcache_ascend.integrations.vllm.runner import run_engine
+    from testkit.vllm_runner import run_engine
 
     def run(**options: object) -> list[dict]:
         return run_engine(dict(options), rpc_dir=tmp_path)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
-from tests.e2e.engine_session import EngineSession
+from testkit.tiny_model import prompt_token_ids
+from testkit.vllm_session import EngineSession
 
 CHUNK = 256
 PROMPT_A = prompt_token_ids(1024)
@@ -56,7 +56,8 @@ def session_maker(model_dir: Path, tmp_path: Path) -> SessionMaker:
         n = next(counter)
         rpc = tmp_path / f"rpc{n}"
         rpc.mkdir()
-        return EngineSession(model_dir=model_dir, lmcache=lmcache_settings(**settings), rpc_dir=rpc, log_path=tmp_path / f"engine{n}.log")
+        options = {"model_dir": model_dir, "lmcache_overrides": lmcache_settings(**settings)}
+        return EngineSession(options, rpc_dir=rpc, log_path=tmp_path / f"engine{n}.log")
 
     return make
 

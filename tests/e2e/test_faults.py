@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
+from testkit.remote_servers import HOST, FaultProxy, LMServer, RedisServer, redis_command
 from tests.e2e.remote_helpers import CHUNK, FULL_HIT, PROMPT_A, PROMPT_B, PROMPT_C, SessionMaker, one, until_hit, warm
 from tests.redis_topologies import RedisClusterSet, RedisSentinelSet
 

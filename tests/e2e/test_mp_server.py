@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME
-from lmcache_ascend.integrations.lmcache.mp_server import running_server
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.mp_server import running_server
+from testkit.tiny_model import prompt_token_ids
 
 PROMPT = prompt_token_ids(1024)
 WARMUP = prompt_token_ids(300, offset=77)

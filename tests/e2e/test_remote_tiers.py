@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.integrations.lmcache.remote_servers import LMServer, RedisServer, redis_command
+from testkit.remote_servers import LMServer, RedisServer, redis_command
 from tests.e2e.remote_helpers import CHUNK, PROMPT_A, PROMPT_B, PROMPT_C, SessionMaker, one, warm
 from tests.redis_topologies import RedisClusterSet
 

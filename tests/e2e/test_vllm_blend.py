@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from lmcache_ascend.blend.workload import MultiDocWorkload, separator_tokens
-from lmcache_ascend.integrations.vllm.settings import blend_env
-from tests.e2e.engine_session import EngineSession
+from testkit.blend_workload import MultiDocWorkload, separator_tokens
+from testkit.vllm_settings import blend_env
+from testkit.vllm_session import EngineSession
 
 DOCS, DOC_LEN, QUESTION_LEN = 4, 64, 16
 HOLE = 1
@@ -45,7 +45,8 @@ def open_session(model_dir: Path, tmp: Path, name: str, hole_mode: bool) -> Engi
     rpc = tmp / f"rpc-{name}"
     rpc.mkdir()
     lmcache = {**CPU_TIER, **blend_env(hole_mode=hole_mode, recompute_ratio=1.0)}
-    return EngineSession(model_dir=model_dir, lmcache=lmcache, rpc_dir=rpc, log_path=tmp / f"{name}.log", dtype="float32")
+    options = {"model_dir": model_dir, "lmcache_overrides": lmcache, "dtype": "float32"}
+    return EngineSession(options, rpc_dir=rpc, log_path=tmp / f"{name}.log")
 
 
 @pytest.fixture(scope="module")

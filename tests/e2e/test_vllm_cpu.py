@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 
 PROMPT = prompt_token_ids(2048)
 # Shares the first 1024 tokens (4 chunks of 256) with PROMPT, then differs.
@@ -52,7 +52,7 @@ def test_newer_lmcache_ascend_configuration_form(model_dir: Path, run_vllm) -> N
 @pytest.mark.slow  # the same engine run as the warm test above; kept out of the default run's time
 def test_vllm_ascend_registered_name(model_dir: Path, tmp_path: Path) -> None:
     """``{"kv_connector": "LMCacheAscendConnector"}`` alone, the name vllm-ascend's real plugin registers."""
-    from lmcache_ascend.integrations.vllm.runner import run_engine
+    from testkit.vllm_runner import run_engine
     from tests import vllm_ascend_kit as kit
 
     env = {**os.environ, "PYTHONPATH": kit.pythonpath(kit.source_dir(), tmp_path / "plugins")}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.tools.tiny_model import TinyLlamaSpec, build, prompt_token_ids
+from testkit.tiny_model import TinyLlamaSpec, build, prompt_token_ids
 
 WINDOW = 64
 BLOCK = 64
@@ -95,7 +95,7 @@ def test_hybrid_model_fresh_process_from_disk_matches_vllm_alone(hybrid_model: P
 @pytest.mark.parametrize("form", ["ascend", "vllm_ascend"])
 def test_hybrid_model_through_each_configuration_form(hybrid_model: Path, form: str, tmp_path: Path) -> None:
     """``LMCacheAscendConnector`` + the newer module path, and alone as vllm-ascend's real plugin registers it."""
-    from lmcache_ascend.integrations.vllm.runner import run_engine
+    from testkit.vllm_runner import run_engine
 
     env = dict(os.environ)
     if form == "vllm_ascend":

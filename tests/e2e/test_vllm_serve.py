@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 from tests.e2e.vllm_serve import complete, running_vllm_serve
 
 pytestmark = pytest.mark.slow

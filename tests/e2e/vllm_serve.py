@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND
-from lmcache_ascend.integrations.lmcache.mp_server import free_port, running_server
-from lmcache_ascend.integrations.vllm.settings import kv_transfer_config_dict, lmcache_env, mp_kv_transfer_config_dict
+from testkit.mp_server import free_port, running_server
+from testkit.vllm_settings import kv_transfer_config_dict, lmcache_env, mp_kv_transfer_config_dict
 from tests.e2e.http_process import lmcache_process_env, start_process, stop, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ for mixed-attention models and every layer keeps full KV, as with
 """
 
 from lmcache_ascend.build_info import build_info
-from lmcache_ascend.integrations.mindspore.flavour import connector_class
+from lmcache_ascend.integrations.flavour import connector_class
 
 LMCacheAscendConnector = connector_class(build_info().flavour)
 

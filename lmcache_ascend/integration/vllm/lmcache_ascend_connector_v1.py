@@ -9,7 +9,7 @@ are named ``LMCacheAscendConnectorV1Dynamic``.
 """
 
 from lmcache_ascend.build_info import build_info
-from lmcache_ascend.integrations.mindspore.flavour import connector_class
+from lmcache_ascend.integrations.flavour import connector_class
 
 LMCacheAscendConnectorV1Dynamic = connector_class(build_info().flavour)
 

@@ -23,7 +23,7 @@ Formats: every per-layer format whose tokens can be addressed one by one,
 through lmcache_ascend's ``single_layer_kv_transfer``. vLLM CPU's format 12
 packs K inside each block; on the ISAs whose packing is known (``vec``,
 ``vec16``) tokens are moved through strided views instead
-(:mod:`lmcache_ascend.integrations.vllm.cpu_kv_layout`, checked against vLLM's
+(:mod:`lmcache_ascend.integrations.lmcache.cpu_kv_layout`, checked against vLLM's
 own writer), other ISAs (AMX tiles) are refused. MLA caches are refused
 (upstream CacheBlend refuses MLA too).
 """
@@ -31,21 +31,30 @@ own writer), other ISAs (AMX tiles) are refused. MLA caches are refused
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from lmcache.v1.gpu_connector.gpu_connectors import VLLMBufferLayerwiseGPUConnector
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
-from lmcache_ascend.blend.rope import KeyRotator
 from lmcache_ascend.core.kv_format import KVFormat
+from lmcache_ascend.integrations.lmcache.cpu_kv_layout import gather_rows, scatter_rows, token_views
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.integrations.lmcache.paged_connector import require_kwarg
 from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer
+from lmcache_ascend.kernels.validate import D2H, H2D
 
-H2D = 0
-D2H = 1
 PACKED_FORMATS = frozenset({KVFormat.NL_X_NB_NH_BS_CS})
+
+
+class KeyRotator(Protocol):
+    """Re-rotates K rows ``[T, heads * head_size]`` in place from old to new positions.
+
+    The model-specific implementation (:class:`lmcache_ascend.blend.rope.KeyRotator`)
+    lives with CacheBlend, which sits above this package and attaches it.
+    """
+
+    def __call__(self, old_positions: torch.Tensor, new_positions: torch.Tensor, rows: torch.Tensor) -> None: ...
 
 
 class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
@@ -102,16 +111,12 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
         if kv.hidden_dim != self.hidden_dim_size:
             raise ValueError(f"kvcaches hold {kv.hidden_dim} values per token, LMCache metadata {self.hidden_dim_size}")
         if kv.fmt in PACKED_FORMATS:
-            from lmcache_ascend.integrations.vllm.cpu_kv_layout import token_views
-
             token_views(self._layer(0))  # refuses an ISA whose packing is unknown, before any copy
         return kv
 
     def _move(self, rows: torch.Tensor, layer: int, slots: torch.Tensor, direction: int, kv: EngineKV) -> None:
         """``rows[2, n, H]`` to (H2D) or from (D2H) the paged cache of ``layer`` at ``slots`` (< 0 skipped)."""
         if kv.fmt in PACKED_FORMATS:
-            from lmcache_ascend.integrations.vllm.cpu_kv_layout import gather_rows, scatter_rows
-
             if direction == H2D:
                 scatter_rows(rows, self._layer(layer), slots)
             else:

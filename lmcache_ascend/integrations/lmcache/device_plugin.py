@@ -18,7 +18,7 @@ Two details of LMCache 0.5.6 this relies on, each pinned by a test:
   package never changes which backend LMCache picks by itself.
 
 On vLLM CPU with AMX, the worker's first short forward needs AMX tile state
-(see ``integrations/vllm/cpu_amx.py``); binding the ops requests it.
+(see ``core/cpu_amx.py``); binding the ops requests it.
 
 When the backend is selected, importing this module also installs
 :mod:`lmcache_ascend.integrations.lmcache.sglang_mp_guard` (SGLang's scheduler loads
@@ -67,7 +67,7 @@ class AscendCpuDeviceOps(CpuDeviceOps):
             return
         self._native_bound = True
         import lmcache_ascend.ops as native
-        from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
+        from lmcache_ascend.core.cpu_amx import request_amx_permission
 
         self.bind_native(native)
         request_amx_permission()

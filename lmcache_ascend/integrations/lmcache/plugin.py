@@ -34,11 +34,10 @@ must be a multiple of the block size, and ``save_unfull_chunk`` must be off
 unless the vLLM connector cuts stores and lookups to whole blocks (block tails,
 its default); :func:`check_host_block_alignment` refuses anything else.
 CacheBlend is exempt: its connector moves single tokens through views that
-know the packing (``integrations/vllm/cpu_kv_layout.py``).
+know the packing (``integrations/lmcache/cpu_kv_layout.py``).
 
-CacheBlend hole mode: :func:`hole_mode_lookup` makes the engine's ``lookup``
-(what vLLM's scheduler asks through LMCache's lookup server) count the cached
-segments after a missing one, pinned by ``tests/integrations/vllm/test_blend_wiring.py``.
+CacheBlend hole mode's lookup lives with CacheBlend
+(:func:`lmcache_ascend.blend.segments.hole_mode_lookup`).
 """
 
 from __future__ import annotations
@@ -167,33 +166,6 @@ def register_engine(
     )
     logger.info("lmcache_ascend: LMCache engine registered with %s on %s", type(connector).__name__, device)
     return engine
-
-
-def hole_mode_lookup(engine: Any) -> None:
-    """Make ``engine.lookup`` report CacheBlend hole-mode hits: the end of the last cached segment.
-
-    LMCache's lookup (and so vLLM's scheduler) stops at the first segment that
-    is not cached. In hole mode the blender computes the holes itself, so the
-    hit runs to the end of the last cached segment. The prefix lookup still runs
-    first, unchanged, so its pins and statistics stay LMCache's; segments past
-    the prefix are not pinned (one evicted before the load is a hole the blender
-    computes).
-    """
-    from lmcache_ascend.blend.segments import lookup_segments
-
-    prefix_lookup = engine.lookup
-    if getattr(prefix_lookup, "hole_mode", False):
-        return
-
-    def lookup(tokens: Any = None, *args: Any, request_configs: Any = None, **kwargs: Any) -> int:
-        hit = int(prefix_lookup(tokens, *args, request_configs=request_configs, **kwargs))
-        if tokens is None or not engine.is_healthy():  # LMCache answered 0 without probing storage
-            return hit
-        segments = lookup_segments(engine, tokens, hole_mode=True, request_configs=request_configs)
-        return max(hit, segments.hit_end)
-
-    lookup.hole_mode = True  # type: ignore[attr-defined]
-    engine.lookup = lookup
 
 
 def destroy_engine() -> None:

@@ -23,7 +23,7 @@ stack with its ``model_runner.model``; where it is not, a model registered in
 LMCache's ``VLLMModelTracker`` under ``"vllm-instance"`` is used.
 
 Hole mode also needs vLLM's scheduler to count the cached segments after a hole
-as hits: :func:`~lmcache_ascend.integrations.lmcache.plugin.hole_mode_lookup`.
+as hits: :func:`~lmcache_ascend.blend.segments.hole_mode_lookup`.
 
 A blend that fails (a segment evicted between lookup and load, a tier that lost
 position metadata) never reaches vLLM as an exception: the request's blocks are
@@ -42,6 +42,7 @@ import torch
 from lmcache.logging import init_logger
 
 from lmcache_ascend.blend.blender import BlendResult, SegmentBlender
+from lmcache_ascend.blend.segments import hole_mode_lookup
 from lmcache_ascend.blend.vllm_model import VLLMLlamaLayers
 from lmcache_ascend.integrations.lmcache import plugin
 
@@ -151,7 +152,7 @@ def install(engine: Any, block_size: int) -> VLLMBlender:
     blender = VLLMBlender(SegmentBlender(engine, layers), block_size)
     LMCBlenderBuilder._blenders[plugin.ENGINE_NAME] = blender  # type: ignore[assignment]
     if blender.hole_mode:
-        plugin.hole_mode_lookup(engine)
+        hole_mode_lookup(engine)
     settings = blender.blender.settings
     logger.info(
         "lmcache_ascend: CacheBlend on (%s mode, recompute ratio %.2f, check layer %d)",

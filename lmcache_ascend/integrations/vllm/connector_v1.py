@@ -77,7 +77,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from lmcache_ascend.integrations.lmcache import lm_bounds, plugin, redis_sentinel_fix, remote_get_guard, remote_tier
 from lmcache_ascend.integrations.vllm import blend, block_tail, hybrid_groups
-from lmcache_ascend.integrations.vllm.cpu_amx import request_amx_permission
+from lmcache_ascend.core.cpu_amx import request_amx_permission
 
 logger = init_logger(__name__)
 

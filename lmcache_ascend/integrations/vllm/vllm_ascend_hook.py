@@ -50,7 +50,7 @@ def install() -> None:
 def replace_class(module: ModuleType) -> None:
     """Point vllm-ascend's registered attribute at this package's connector."""
     from lmcache_ascend.build_info import build_info
-    from lmcache_ascend.integrations.mindspore.flavour import connector_class
+    from lmcache_ascend.integrations.flavour import connector_class
 
     if not hasattr(module, REGISTERED_CLASS):
         raise ImportError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.tools.tiny_model import build, prompt_token_ids
+from testkit.tiny_model import build, prompt_token_ids
 from tests.e2e.sglang import servers
 
 SGLANG_VERSION = "0.5.23"

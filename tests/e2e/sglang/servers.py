@@ -3,7 +3,7 @@
 SGLang's current LMCache route (``--enable-lmcache --lmcache-config-file F``)
 runs ``LMCacheUnifiedRadixCache`` in SGLang's scheduler process, which talks to
 a standalone ``lmcache server`` (LMCache's multi-process mode; started with
-:func:`lmcache_ascend.integrations.lmcache.mp_server.running_server`). With
+:func:`testkit.mp_server.running_server`). With
 ``LMCACHE_DEVICE_BACKEND=ascend_cpu`` in both processes, lmcache_ascend's ops
 move the KV: in the server (its shared-memory L1 pool) and in the scheduler
 (LMCache's engine-driven gather/scatter between SGLang's pool and that pool).
@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcache_ascend.integrations.lmcache.mp_server import free_port
+from testkit.mp_server import free_port
 from tests.e2e.http_process import lmcache_process_env, log_tail, start_process, stop, wait_http_ok  # noqa: F401 (log_tail, stop: the tests use them from here)
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME
-from lmcache_ascend.integrations.lmcache.mp_server import free_port, running_server
+from testkit.mp_server import free_port, running_server
 from lmcache_ascend.integrations.lmcache.sglang_mp_guard import GuardSettings
 from tests.e2e.sglang import servers
 from tests.e2e.sglang.conftest import CHUNK, MAX_NEW_TOKENS, PROMPT_TOKENS, PROMPTS

@@ -7,7 +7,7 @@ blender drive it, on vLLM flash (format 1) and vllm-ascend (K, V) tuples (16):
   rows for ``vllm_cached_tokens``; what the blender writes there reaches the paged
   cache, except the engine's rows;
 - refused: MLA, loads without a rotator or positions (vLLM CPU's packed format 12:
-  tests/integrations/vllm/test_blend_cpu_kv.py).
+  tests/integrations/lmcache/test_blend_cpu_kv.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
+from testkit.remote_servers import RedisServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, object_shape, paged_engine
 from tests.kernels.reference import D2H, H2D, Geom, PagedCache, make_paged, ref_transfer
 

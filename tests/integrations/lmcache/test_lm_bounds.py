@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import lm_bounds, remote_tier
-from lmcache_ascend.integrations.lmcache.remote_servers import HOST, FaultProxy, LMServer
+from testkit.remote_servers import HOST, FaultProxy, LMServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, KV_DTYPE, EngineFactory, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_ascend.integrations.lmcache import mp_server
+from testkit import mp_server
 
 
 def test_lmcache_cli_found_beside_the_interpreter_without_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import lm_bounds, remote_get_guard
-from lmcache_ascend.integrations.lmcache.remote_servers import RedisServer
+from testkit.remote_servers import RedisServer
 from tests.integrations.lmcache.conftest import ASCEND_KV_TUPLES, EngineFactory, KV_DTYPE, active_buffers, paged_engine, wait_until
 from tests.kernels.reference import Geom, make_paged
 

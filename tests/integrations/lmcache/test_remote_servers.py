@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from lmcache_ascend.integrations.lmcache import remote_tier
-from lmcache_ascend.integrations.lmcache.remote_servers import (
+from testkit.remote_servers import (
     HOST,
     FaultProxy,
     LMServer,

@@ -24,7 +24,8 @@ from vllm.utils.func_utils import supports_kw  # noqa: E402
 
 from lmcache_ascend import build_info  # noqa: E402
 from lmcache_ascend.integrations.lmcache.plugin import ENGINE_NAME  # noqa: E402
-from lmcache_ascend.integrations.mindspore import flavour, vllm_connector  # noqa: E402
+from lmcache_ascend.integrations import flavour
+from lmcache_ascend.integrations.mindspore import vllm_connector  # noqa: E402
 from lmcache_ascend.integrations.mindspore.connectors import MindSporePagedConnector  # noqa: E402
 from lmcache_ascend.integrations.vllm import connector_v1  # noqa: E402
 from tests.integrations.vllm import helpers  # noqa: E402

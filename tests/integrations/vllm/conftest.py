@@ -2,7 +2,7 @@
 
 - ``vllm_session_env``: vLLM CPU KV space and a private directory for the ZMQ
   IPC sockets the lookup path uses.
-- ``tiny_model_dir``: the local random Llama (``lmcache_ascend.tools.tiny_model``).
+- ``tiny_model_dir``: the local random Llama (``testkit.tiny_model``).
 - ``distributed``: vLLM's distributed state (gloo, world size 1), once per session.
 - ``vllm_llama``: the tiny model loaded by vLLM's own loader (float32), once per session.
 - ``lmcache_env``: LMCache settings as ``LMCACHE_*`` variables with LMCache's
@@ -56,7 +56,7 @@ def vllm_session_env() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmcache_ascend.tools import tiny_model
+    from testkit import tiny_model
 
     return tiny_model.build(tmp_path_factory.mktemp("tiny-llama"))
 

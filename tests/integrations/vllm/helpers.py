@@ -32,7 +32,7 @@ from vllm.v1.request import Request
 from vllm.v1.worker.kv_connector_model_runner_mixin import KVConnectorModelRunnerMixin
 from vllm.v1.worker.utils import allocate_kv_cache
 
-from lmcache_ascend.integrations.vllm import settings
+from testkit import vllm_settings as settings
 
 CHUNK = 256  # LMCACHE_CHUNK_SIZE used by every test here
 BLOCK = 128  # vLLM CPU block size used unless a test says otherwise

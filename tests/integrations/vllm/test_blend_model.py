@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from lmcache_ascend.blend.forward import BlendForward
-from lmcache_ascend.blend.local_stack import full_recompute, load_model
+from testkit.blend_stack import full_recompute, load_model
 from lmcache_ascend.blend.model import HFLlamaLayers, LayerModel
 from lmcache_ascend.blend.plan import make_plan
 from lmcache_ascend.blend.segments import SegmentLookup
 from lmcache_ascend.blend.settings import BlendSettings
 from lmcache_ascend.blend.vllm_model import VLLMLlamaLayers
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 
 NUM_TOKENS = 150
 

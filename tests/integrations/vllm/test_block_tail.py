@@ -17,7 +17,7 @@ import torch
 from lmcache.integration.vllm.vllm_v1_adapter import LoadSpec, RequestTracker
 
 from lmcache_ascend.integrations.vllm import block_tail
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 from tests.integrations.vllm import helpers
 from tests.integrations.vllm.conftest import MakeConnectors
 from tests.integrations.vllm.test_step_flow import store_first_request, stored_locations

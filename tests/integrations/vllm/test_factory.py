@@ -11,7 +11,7 @@ from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorBase_V1, KVConnectorRole, SupportsHMA
 from vllm.utils.func_utils import supports_kw
 
-from lmcache_ascend.integrations.vllm import settings
+from testkit import vllm_settings as settings
 from lmcache_ascend.integrations.vllm.connector_v1 import LMCacheAscendConnectorV1Dynamic
 from tests.integrations.vllm import helpers
 from tests.integrations.vllm.conftest import MakeConnectors

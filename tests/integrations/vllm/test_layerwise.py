@@ -14,7 +14,7 @@ import torch
 from vllm.v1.request import RequestStatus
 
 from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 from tests.integrations.vllm import helpers
 from tests.integrations.vllm.conftest import Connectors, MakeConnectors
 

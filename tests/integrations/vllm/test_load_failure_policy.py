@@ -13,7 +13,7 @@ import pytest
 from vllm.config import KVTransferConfig
 
 from lmcache_ascend.integrations.vllm.connector_v1 import FAILURE_POLICY_KEY, recompute_failed_loads
-from lmcache_ascend.integrations.vllm.settings import kv_transfer_config_dict
+from testkit.vllm_settings import kv_transfer_config_dict
 from tests.integrations.vllm.conftest import MakeConnectors
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmcache_ascend.integrations.vllm.runner import parse_result
+from testkit.vllm_runner import parse_result
 
 
 def test_trailing_output_of_another_process_is_ignored() -> None:

@@ -14,7 +14,7 @@ import torch
 from lmcache.integration.vllm.vllm_v1_adapter import LMCacheConnectorMetadata, LoadSpec, SaveSpec
 from vllm.v1.request import Request, RequestStatus
 
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 from tests.integrations.vllm import helpers
 from tests.integrations.vllm.conftest import Connectors, MakeConnectors
 

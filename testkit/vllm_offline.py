@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcache_ascend.integrations.vllm.block_tail import TAILS_KEY
-from lmcache_ascend.integrations.vllm.settings import blend_env, kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
+from testkit.vllm_settings import blend_env, kv_transfer_config, lmcache_env, mp_kv_transfer_config_dict
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class LLMOptions:
     # vLLM's hybrid KV cache manager (one KV group per attention kind); False
     # passes --disable-hybrid-kv-cache-manager (every layer keeps full KV).
     hybrid_kv_manager: bool = True
+    # LMCACHE_* settings applied over the defaults above (the caller's win): a
+    # remote tier, a CPU tier off, a tighter timeout.
+    lmcache_overrides: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.example_storage is not None and (self.connector or self.mp_port is not None):
@@ -85,6 +88,8 @@ def start_llm(opts: LLMOptions) -> Any:
             os.environ.update(blend_env(hole_mode=opts.blend_hole_mode, recompute_ratio=opts.blend_ratio))
         if not opts.lmcache_store:
             os.environ["LMCACHE_LOCAL_CPU"] = "False"
+    if opts.lmcache_overrides:
+        os.environ.update(opts.lmcache_overrides)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
     from vllm import LLM
     from vllm.config import KVTransferConfig

@@ -27,4 +27,4 @@ def request_amx_permission() -> bool:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    return bool(libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0)

@@ -6,7 +6,7 @@ arguments give the same model; the tokenizer is a word-level vocabulary of
 ``w0 .. w{N}`` plus special tokens, so any text made of those words tokenizes
 one token per word.
 
-    python -m lmcache_ascend.tools.tiny_model --out models/tiny-llama
+    python -m testkit.tiny_model --out models/tiny-llama
 """
 
 from __future__ import annotations

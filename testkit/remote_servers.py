@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from lmcache_ascend.integrations.lmcache.mp_server import free_port
+from testkit.mp_server import free_port
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0

@@ -27,7 +27,7 @@ import torch
 from lmcache_ascend.blend.blender import BlendResult, SegmentBlender
 from lmcache_ascend.blend.model import HFLlamaLayers
 from lmcache_ascend.blend.settings import HOLE_MODE_KEY
-from lmcache_ascend.blend.workload import SPECIAL_STR
+from testkit.blend_workload import SPECIAL_STR
 from lmcache_ascend.integrations.lmcache.blend_connector import BlendBufferConnector
 
 LAYOUTS = ("flash", "ascend")  # format 1 [2, NB, BS, H, d] per layer; format 16 (K, V) tuples

@@ -15,7 +15,7 @@ pytest.importorskip("vllm")
 
 from vllm import _custom_ops as vllm_ops  # noqa: E402
 
-from lmcache_ascend.integrations.vllm import cpu_kv_layout  # noqa: E402
+from lmcache_ascend.integrations.lmcache import cpu_kv_layout  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 GEOMS = ((16, 64), (32, 64), (64, 32), (16, 128))  # (block_size, head_size)

@@ -1,10 +1,18 @@
-"""One vLLM CPU engine with the connector in a child process, driven request by request.
+"""One offline vLLM engine in a child process, driven command by command: the one
+way tests, examples and benchmarks run vLLM out of process.
 
-``runner.run_engine`` sends a fixed list of prompts; the fault tests need to act
-between requests (kill a server, stall it, fill a disk), so this helper keeps
-the engine process alive and talks to it over stdin/stdout, one JSON command per
-line:
+Every engine gets its own process (vLLM CPU spawns workers and owns global
+state; LMCache's engine is a per-process singleton), as in production where a
+second engine is a second process. :class:`EngineSession` starts the child with
+:class:`~testkit.vllm_offline.LLMOptions` fields and talks to it over
+stdin/stdout, one JSON command per line:
 
+- ``{"op": "start", "options": {...}}``: :func:`~testkit.vllm_offline.start_llm`;
+- ``{"op": "prompt", "token_ids": [...], "max_tokens": n}``: one timed prompt
+  (:func:`~testkit.vllm_offline.run_prompt`: ``ttft_s``, ``from_lmcache``,
+  ``token_ids``, ``logprobs``); with CacheBlend on, also ``blend``: the
+  blender's counters for that prompt, read in vLLM's worker (``{}`` when vLLM
+  did not call the blender: no LMCache hit);
 - ``{"op": "generate", "prompts": [[ids...], ...], "max_tokens": n}``: one
   ``LLM.generate`` call with all prompts (vLLM batches them); per prompt
   ``token_ids``, ``from_lmcache`` (vLLM's ``num_cached_tokens``) and
@@ -19,14 +27,15 @@ line:
 - ``{"op": "exit"}``.
 
 The child answers each command with one line ``RESULT <json>`` (or
-``ERROR <text>``); everything else it prints goes to ``log_path``. Every wait is
-bounded: a command that does not answer in time kills the child and raises
-``TimeoutError``, so a deadlock fails the test instead of hanging it.
+``ERROR <text>``), on a line of its own; everything else it and vLLM's engine
+processes print goes to ``log_path``. Every wait is bounded: a command that
+does not answer in time kills the child's whole process group and raises
+``TimeoutError``, so a deadlock fails the caller instead of hanging it.
 
-LMCache is configured only through ``LMCACHE_*`` variables: the caller's, over
-:func:`~lmcache_ascend.integrations.vllm.settings.lmcache_env`'s defaults
-(``LMCACHE_LOCAL_CPU=False`` leaves the CPU tier as a staging allocator only,
-so every hit must come from a lower tier).
+LMCache is configured through ``LMCACHE_*`` variables: ``start_llm``'s defaults
+for the options, then ``LLMOptions.lmcache_overrides`` (``LMCACHE_LOCAL_CPU=False``
+there leaves the CPU tier as a staging allocator only, so every hit must come
+from a lower tier).
 """
 
 from __future__ import annotations
@@ -39,47 +48,67 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 RESULT = "RESULT "
 ERROR = "ERROR "
-ROOT = Path(__file__).resolve().parents[2]
+KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository root: testkit/ is importable from here
+_PATH_KEYS = ("model_dir", "disk_dir", "example_storage")
+
+
+def kit_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the repository root first on ``PYTHONPATH``, so a child can import ``testkit``."""
+    child = dict(env)
+    rest = child.get("PYTHONPATH", "")
+    child["PYTHONPATH"] = str(KIT_ROOT) + (os.pathsep + rest if rest else "")
+    return child
+
+
+def parse_result(text: str) -> Any:
+    """The JSON value at the start of ``text``.
+
+    vLLM's engine-core process shares the child's stdout: a log line it
+    writes without a newline of its own can land right after the result on the
+    same line (seen once in ``benchmarks/e2e_vllm.py``), so trailing text is ignored.
+    """
+    value, _ = json.JSONDecoder().raw_decode(text)
+    return value
 
 
 class EngineSession:
     def __init__(
         self,
+        options: Mapping[str, Any],
         *,
-        model_dir: Path,
-        lmcache: dict[str, str],
-        rpc_dir: Path,
         log_path: Path,
-        max_model_len: int = 4096,
-        dtype: str = "bfloat16",
+        rpc_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
         start_timeout_s: float = 300.0,
     ) -> None:
-        env = dict(os.environ)
-        env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_RPC_BASE_PATH=str(rpc_dir), VLLM_ALLOW_INSECURE_SERIALIZATION="1")
-        env.update(lmcache)
+        child_env = kit_env(os.environ if env is None else env)
+        child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # Worker-side helpers (worker_state, blend_state) travel through collective_rpc(function).
+        child_env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+        if rpc_dir is not None:
+            child_env["VLLM_RPC_BASE_PATH"] = str(rpc_dir)  # LMCache's ZMQ sockets live here
         self.log_path = log_path
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.engine_session"],
+            [sys.executable, "-m", __name__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            cwd=ROOT,
-            env=env,
+            env=child_env,
             start_new_session=True,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            start = {"op": "start", "model_dir": str(model_dir), "max_model_len": max_model_len, "dtype": dtype}
-            self._call(start, start_timeout_s)
+            self._call({"op": "start", "options": dict(options)}, start_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -95,7 +124,7 @@ class EngineSession:
 
     def _call(self, command: dict[str, Any], timeout_s: float) -> Any:
         assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.write(json.dumps(command, default=str) + "\n")  # default=str: Path options
         self._proc.stdin.flush()
         try:
             line = self._lines.get(timeout=timeout_s)
@@ -106,18 +135,21 @@ class EngineSession:
             raise RuntimeError(f"engine process exited ({self._proc.wait()}); log: {self.log_path}")
         if line.startswith(ERROR):
             raise RuntimeError(f"engine raised: {line[len(ERROR):]}; log: {self.log_path}")
-        return json.loads(line[len(RESULT) :])
+        return parse_result(line[len(RESULT) :])
+
+    def prompt(self, token_ids: list[int], *, max_tokens: int = 16, timeout_s: float = 180.0) -> dict[str, Any]:
+        return dict(self._call({"op": "prompt", "token_ids": token_ids, "max_tokens": max_tokens}, timeout_s))
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int = 16, timeout_s: float = 180.0) -> list[dict[str, Any]]:
-        return self._call({"op": "generate", "prompts": prompts, "max_tokens": max_tokens}, timeout_s)
+        return list(self._call({"op": "generate", "prompts": prompts, "max_tokens": max_tokens}, timeout_s))
 
     def worker(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        return self._call({"op": "worker"}, timeout_s)
+        return dict(self._call({"op": "worker"}, timeout_s))
 
     def blend(
         self, recompute_ratio: float | None = None, *, break_it: bool = False, timeout_s: float = 60.0
     ) -> dict[str, Any]:
-        return self._call({"op": "blend", "recompute_ratio": recompute_ratio, "break": break_it}, timeout_s)
+        return dict(self._call({"op": "blend", "recompute_ratio": recompute_ratio, "break": break_it}, timeout_s))
 
     def settle(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until the worker holds no memory object (asynchronous remote/disk writes done).
@@ -252,49 +284,72 @@ def _generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[dict[
     ]
 
 
-def _start(model_dir: str, max_model_len: int, dtype: str) -> Any:
-    from lmcache_ascend.integrations.vllm.settings import kv_transfer_config, lmcache_env
+def _start(raw: Mapping[str, Any]) -> tuple[Any, Any]:
+    from testkit.vllm_offline import LLMOptions, start_llm
 
-    for key, value in lmcache_env().items():
-        os.environ.setdefault(key, value)  # the caller's LMCACHE_* win
-    from vllm import LLM
+    fields = {k: (Path(v) if k in _PATH_KEYS and v is not None else v) for k, v in raw.items()}
+    opts = LLMOptions(**fields)
+    return start_llm(opts), opts
 
-    return LLM(
-        model=model_dir,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        enable_prefix_caching=False,
-        enforce_eager=True,
-        kv_transfer_config=kv_transfer_config(),
-    )
+
+class _Child:
+    """The engine process's side: one ``LLM`` and the blend counter between prompts."""
+
+    def __init__(self) -> None:
+        self.llm: Any = None
+        self.opts: Any = None
+        self.blends = 0
+
+    def prompt(self, token_ids: list[int], max_tokens: int) -> dict[str, Any]:
+        from testkit.vllm_offline import run_prompt
+
+        result = run_prompt(self.llm, token_ids, max_tokens).to_dict()
+        if self.opts.blend_hole_mode is not None:
+            from lmcache_ascend.integrations.vllm.blend import worker_stats
+
+            stats = self.llm.collective_rpc(worker_stats)[0]
+            # vLLM calls the blender only for a prompt with an LMCache hit: {} when it did not run
+            result["blend"] = stats["last"] if stats.get("requests", 0) > self.blends else {}
+            self.blends = stats.get("requests", 0)
+        return result
+
+    def run(self, cmd: dict[str, Any]) -> Any:
+        op = cmd["op"]
+        if op == "start":
+            self.llm, self.opts = _start(cmd["options"])
+            return {"started": True}
+        if self.llm is None:
+            raise RuntimeError(f"{op!r} before a successful 'start'")
+        if op == "prompt":
+            return self.prompt(cmd["token_ids"], cmd["max_tokens"])
+        if op == "generate":
+            return _generate(self.llm, cmd["prompts"], cmd["max_tokens"])
+        if op == "worker":
+            return self.llm.collective_rpc(worker_state)[0]
+        if op == "blend":
+            return self.llm.collective_rpc(blend_state, args=(cmd["recompute_ratio"], cmd.get("break", False)))[0]
+        if op == "file_size_limit":
+            return self.llm.collective_rpc(file_size_limit, args=(cmd["bytes"],))[0]
+        raise ValueError(f"unknown op {op!r}")
 
 
 def _serve() -> int:
-    llm = None
+    child = _Child()
     for raw in sys.stdin:
         cmd = json.loads(raw)
-        op = cmd["op"]
-        if op == "exit":
+        if cmd["op"] == "exit":
             break
         try:
-            if op == "start":
-                llm = _start(cmd["model_dir"], cmd["max_model_len"], cmd["dtype"])
-                out: Any = {"started": True}
-            elif op == "generate":
-                out = _generate(llm, cmd["prompts"], cmd["max_tokens"])
-            elif op == "worker":
-                out = llm.collective_rpc(worker_state)[0]
-            elif op == "blend":
-                out = llm.collective_rpc(blend_state, args=(cmd["recompute_ratio"], cmd.get("break", False)))[0]
-            elif op == "file_size_limit":
-                out = llm.collective_rpc(file_size_limit, args=(cmd["bytes"],))[0]
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except Exception as exc:  # reported to the test, which fails on it
-            print(ERROR + f"{type(exc).__name__}: {exc}", flush=True)
+            out = child.run(cmd)
+        except Exception as exc:  # reported to the caller, which fails on it
+            print("\n" + ERROR + f"{type(exc).__name__}: {exc}", flush=True)
             continue
-        print(RESULT + json.dumps(out), flush=True)
-    del llm
+        # On a line of its own even if an engine process left a partial line on stdout.
+        print("\n" + RESULT + json.dumps(out), flush=True)
+    if child.llm is not None:
+        from testkit.vllm_offline import stop_llm
+
+        stop_llm(child.llm)
     return 0
 
 

@@ -4,7 +4,7 @@ A prompt is ``doc_1 SEP doc_2 SEP ... SEP doc_n SEP question``: the documents
 are the reusable segments, the question is new each time. Documents are
 precomputed (prefilled alone, then stored); a *hole* at index ``h`` replaces
 document ``h`` by one that was never cached. Tokens are ids of the tiny
-model's word-level vocabulary (:mod:`lmcache_ascend.tools.tiny_model`), so they
+model's word-level vocabulary (:mod:`testkit.tiny_model`), so they
 never contain the separator.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmcache_ascend.blend.settings import SPECIAL_STR
-from lmcache_ascend.tools.tiny_model import prompt_token_ids
+from testkit.tiny_model import prompt_token_ids
 
 __all__ = ["SPECIAL_STR", "MultiDocWorkload", "separator_tokens"]
 

@@ -19,9 +19,9 @@ from lmcache.v1.memory_management import MemoryFormat  # noqa: E402
 
 from lmcache_ascend.blend.rope import KeyRotator, cos_sin_table  # noqa: E402
 from lmcache_ascend.integrations.lmcache.blend_connector import BlendBufferConnector  # noqa: E402
-from lmcache_ascend.integrations.vllm import cpu_kv_layout  # noqa: E402
+from lmcache_ascend.integrations.lmcache import cpu_kv_layout  # noqa: E402
 from tests.integrations.lmcache.conftest import ObjectPool  # noqa: E402
-from tests.integrations.vllm.test_cpu_kv_layout import vllm_write  # noqa: E402
+from tests.integrations.lmcache.test_cpu_kv_layout import vllm_write  # noqa: E402
 
 LAYERS, BLOCKS, HEADS, BLOCK, HEAD = 2, 10, 2, 16, 64
 HIDDEN = HEADS * HEAD

@@ -1,1 +1,0 @@
-"""Command-line helpers shipped with the package (``python -m lmcache_ascend.tools.<name>``)."""
