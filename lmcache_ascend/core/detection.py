@@ -40,6 +40,9 @@ from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
 from lmcache_ascend.core.planes import NZ_PIECE, KVGeometry, buffer_shape
 from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides, describe
 
+# What a layout detector found: the format, the buffers in pointer-table order, the geometry.
+Detected = tuple[KVFormat, list[TensorDesc], KVGeometry]
+
 ENGINES = ("vllm", "sglang")
 
 
@@ -158,12 +161,14 @@ def _resolve_layout(hints: dict[str, Any], first: TensorDesc) -> str:
         return "HND" if first.is_host else "NHD"
     if layout not in ("NHD", "HND", "NZ"):
         raise ValueError(f"layout_hints['kv_layout'] must be 'NHD', 'HND' or 'NZ', got {layout!r}")
-    return layout
+    return str(layout)
 
 
 def _first(tree: Any) -> TensorDesc:
     while isinstance(tree, list):
         tree = tree[0]
+    if not isinstance(tree, TensorDesc):
+        raise TypeError(f"kv_caches must be nested lists of tensor descriptions, got {type(tree).__name__}")
     return tree
 
 
@@ -179,7 +184,7 @@ def _geom(nl: int, nb: int, bs: int, nh: int, hs: int, d: TensorDesc) -> KVGeome
     return KVGeometry(num_layers=nl, num_blocks=nb, block_size=bs, num_heads=nh, head_size=hs, itemsize=d.itemsize)
 
 
-def _detect_vllm(tree: Any, hints: dict[str, Any]):
+def _detect_vllm(tree: Any, hints: dict[str, Any]) -> Detected | None:
     first = _first(tree)
     layout = _resolve_layout(hints, first)
     if layout == "NZ":
@@ -227,7 +232,7 @@ def _detect_vllm(tree: Any, hints: dict[str, Any]):
     return None
 
 
-def _detect_nz(tree: Any, hints: dict[str, Any]):
+def _detect_nz(tree: Any, hints: dict[str, Any]) -> Detected | None:
     """310P NZ: per layer ``(K, V)`` of ``[NB, C, BS, 16]``, or ``[2, NB, C, BS, 16]``."""
     first = _first(tree)
     depth, s = _depth(tree), first.shape
@@ -245,7 +250,7 @@ def _detect_nz(tree: Any, hints: dict[str, Any]):
     return fmt, buffers, _geom(len(tree), nb, bs, heads, pieces * NZ_PIECE // heads, first)
 
 
-def _detect_sglang(tree: Any, hints: dict[str, Any]):
+def _detect_sglang(tree: Any, hints: dict[str, Any]) -> Detected | None:
     first = _first(tree)
     depth, s = _depth(tree), first.shape
     tokens_per_block = hints.get("tokens_per_block")
@@ -276,7 +281,7 @@ def _detect_sglang(tree: Any, hints: dict[str, Any]):
     return None
 
 
-def _detect_sglang_unified(tree: Any) -> tuple[KVFormat, list[TensorDesc], KVGeometry] | None:
+def _detect_sglang_unified(tree: Any) -> Detected | None:
     """One tensor per K or V component (all K layers, then all V layers)."""
     if _depth(tree) != 1:
         return None

@@ -38,8 +38,11 @@ class Event(Protocol):
 
 
 class DeviceBackend(Protocol):
-    kind: str
-    index: int
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
 
     def new_stream(self) -> Stream: ...
 
@@ -114,16 +117,20 @@ class TorchAcceleratorBackend:
         return module
 
     def new_stream(self) -> Stream:
-        return self._module.Stream(device=f"{self.kind}:{self.index}")
+        stream: Stream = self._module.Stream(device=f"{self.kind}:{self.index}")
+        return stream
 
     def current_stream(self) -> Stream:
-        return self._module.current_stream(self.index)
+        stream: Stream = self._module.current_stream(self.index)
+        return stream
 
     def new_event(self) -> Event:
-        return self._module.Event()
+        event: Event = self._module.Event()
+        return event
 
     def use_stream(self, stream: Stream) -> contextlib.AbstractContextManager[None]:
-        return self._module.stream(stream)
+        context: contextlib.AbstractContextManager[None] = self._module.stream(stream)
+        return context
 
     def synchronize(self) -> None:
         self._module.synchronize(self.index)

@@ -109,7 +109,7 @@ def build_layer_groups(
         buckets.setdefault(key, []).append(i)
 
     groups = []
-    for key, indices in buckets.items():
-        layout = detect_kv_layout([layers[i] for i in indices], engine, layout_hints)
-        groups.append(KVLayerGroup(key, tuple(indices), layout))
+    for key, members in buckets.items():
+        layout = detect_kv_layout([layers[i] for i in members], engine, layout_hints)
+        groups.append(KVLayerGroup(key, tuple(members), layout))
     return groups

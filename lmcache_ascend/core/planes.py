@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from lmcache_ascend.core.kv_format import FormatSpec
 
@@ -268,8 +269,8 @@ class PlaneSet:
 
     paged: tuple[PagedPlane, ...]
     objects: tuple[ObjectPlane, ...]
-    table: np.ndarray
-    buffer_index: np.ndarray
+    table: npt.NDArray[np.int64]
+    buffer_index: npt.NDArray[np.int64]
 
     @classmethod
     def build(cls, paged: Sequence[PagedPlane], objects: Sequence[ObjectPlane]) -> PlaneSet:
@@ -288,7 +289,7 @@ class PlaneSet:
         index.setflags(write=False)
         return cls(tuple(paged), tuple(objects), table, index)
 
-    def bind(self, buffer_ptrs: np.ndarray, object_ptr: int) -> np.ndarray:
+    def bind(self, buffer_ptrs: npt.NDArray[np.int64], object_ptr: int) -> npt.NDArray[np.int64]:
         """The int64 ``[P, 10]`` table ``csrc/plane_transfer.h`` reads (``PlaneSpec``)."""
         table = self.table.copy()
         table[:, 0] += buffer_ptrs[self.buffer_index]

@@ -28,8 +28,10 @@ torch baseline in ``lmcache.v1.platform.torch_ops.mp_mem_kernels``:
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set
 from lmcache_ascend.kernels import dispatch, torch_path
 from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers, tuple_geometry
@@ -69,7 +71,7 @@ def _desc_dtype(shape_desc: object, element_size: int) -> torch.dtype:
     return _DTYPES_BY_SIZE.get(element_size, torch.uint8)
 
 
-def _geometry(spec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
+def _geometry(spec: FormatSpec, desc: dict[str, int]) -> tuple[KVGeometry, bool]:
     fused = spec.kv_inner and desc["kv_size"] == 1
     allowed = (1, 2) if spec.kv_inner else (spec.kv_size,)
     if desc["kv_size"] not in allowed:
@@ -137,7 +139,7 @@ def _object_view(o: torch.Tensor | int, nbytes: int, device: torch.device) -> to
     return torch_path.device_bytes(o, nbytes, device)
 
 
-def _host_slots(blocks: torch.Tensor, block_size: int) -> np.ndarray:
+def _host_slots(blocks: torch.Tensor, block_size: int) -> npt.NDArray[np.int64]:
     """Slot ids of every block, built with numpy: after a multi-MiB copy the CPU
     caches are cold, and each torch op then costs tens of microseconds."""
     ids = (blocks if blocks.device.type == "cpu" else blocks.cpu()).numpy().astype(np.int64, copy=False)
@@ -145,18 +147,18 @@ def _host_slots(blocks: torch.Tensor, block_size: int) -> np.ndarray:
 
 
 def multi_layer_block_kv_transfer(
-    paged_buffer_ptrs_tensor,
+    paged_buffer_ptrs_tensor: object,
     # LMCache's multi-process path reads this annotation to learn that the op
     # takes tensors as well as pointers (transfer_context.base); keep "Tensor" in it.
     lmcache_objects_ptrs: "list[int] | list[torch.Tensor]",
-    block_ids,
-    device,
-    direction,
-    shape_desc,
-    lmcache_chunk_size,
-    engine_kv_format,
-    skip_prefix_n_blocks,
-):
+    block_ids: object,
+    device: object,
+    direction: object,
+    shape_desc: object,
+    lmcache_chunk_size: object,
+    engine_kv_format: object,
+    skip_prefix_n_blocks: object,
+) -> None:
     spec = check_format(engine_kv_format)
     direction = check_direction(direction)
     desc = _read_desc(shape_desc)
@@ -185,7 +187,7 @@ def multi_layer_block_kv_transfer(
     objects = _check_objects(lmcache_objects_ptrs, num_objects, nbytes)
     bs = desc["bs"]
     planes = multi_layer_plane_set(spec, geometry, chunk, fused)
-    host_slots: np.ndarray | None = None
+    host_slots: npt.NDArray[np.int64] | None = None
     device_slots: torch.Tensor | None = None
     for i, obj in enumerate(objects):
         first_block = i * per_object

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from lmcache_ascend.core.planes import PlaneSet
@@ -43,7 +45,7 @@ def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
     return on_host and setting != "torch"
 
 
-def run_host(planes: PlaneSet, paged: PagedBuffers, obj_ptr: int, slots: np.ndarray, skip_prefix: int, direction: int) -> None:
+def run_host(planes: PlaneSet, paged: PagedBuffers, obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int) -> None:
     """The host branch of :func:`run` for a checked object address and C-contiguous numpy slot ids."""
     num_tokens = len(slots)
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:

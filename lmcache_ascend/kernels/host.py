@@ -11,6 +11,7 @@ import functools
 import os
 
 import numpy as np
+import numpy.typing as npt
 
 from lmcache_ascend import _kvcore
 
@@ -63,7 +64,7 @@ def use_streaming(nbytes: int) -> bool:
     return setting == "on" or (setting == "auto" and nbytes >= STREAMING_MIN_BYTES)
 
 
-def run_planes(table: np.ndarray, slots_ptr: int, slots_itemsize: int, num_tokens: int, skip_prefix: int, direction: int) -> None:
+def run_planes(table: npt.NDArray[np.int64], slots_ptr: int, slots_itemsize: int, num_tokens: int, skip_prefix: int, direction: int) -> None:
     """Execute one plane table (see ``csrc/plane_transfer.h``)."""
     if table.shape[0] == 0 or num_tokens == 0:
         return

@@ -21,6 +21,7 @@ what ``lmcache.device_ops`` callers use:
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ from lmcache_ascend.kernels.validate import D2H, check_direction, check_int, che
 _HUGE_PAGE = 2 << 20
 
 
-def _accelerator_spec():
+def _accelerator_spec() -> Any:
     """LMCache's current device spec when it is an accelerator, else None."""
     from lmcache.v1.platform._device_detect import current_device_spec
 
@@ -57,47 +58,47 @@ def _free(ptr: object) -> None:
     host.host_free(addr)
 
 
-def alloc_pinned_ptr(size, device_id=0):
+def alloc_pinned_ptr(size: object, device_id: object = 0) -> int:
     return _alloc(size, huge_pages=False)
 
 
-def free_pinned_ptr(ptr):
+def free_pinned_ptr(ptr: object) -> None:
     _free(ptr)
 
 
-def alloc_pinned_numa_ptr(size, numa_id=0):
+def alloc_pinned_numa_ptr(size: object, numa_id: object = 0) -> int:
     return _alloc(size, huge_pages=False)
 
 
-def free_pinned_numa_ptr(ptr, size=None):
+def free_pinned_numa_ptr(ptr: object, size: object = None) -> None:
     _free(ptr)
 
 
-def alloc_numa_ptr(size, numa_id=0):
+def alloc_numa_ptr(size: object, numa_id: object = 0) -> int:
     return _alloc(size, huge_pages=False)
 
 
-def free_numa_ptr(ptr, size=None):
+def free_numa_ptr(ptr: object, size: object = None) -> None:
     _free(ptr)
 
 
-def alloc_hugepage_pinned_ptr(size, device_id=0):
+def alloc_hugepage_pinned_ptr(size: object, device_id: object = 0) -> int:
     return _alloc(size, huge_pages=True)
 
 
-def free_hugepage_pinned_ptr(ptr, size=0):
+def free_hugepage_pinned_ptr(ptr: object, size: object = 0) -> None:
     _free(ptr)
 
 
-def alloc_hugepage_pinned_numa_ptr(size, numa_id=0):
+def alloc_hugepage_pinned_numa_ptr(size: object, numa_id: object = 0) -> int:
     return _alloc(size, huge_pages=True)
 
 
-def free_hugepage_pinned_numa_ptr(ptr, size=0):
+def free_hugepage_pinned_numa_ptr(ptr: object, size: object = 0) -> None:
     _free(ptr)
 
 
-def batched_memcpy(src_ptrs, dst_ptrs, sizes):
+def batched_memcpy(src_ptrs: object, dst_ptrs: object, sizes: object) -> None:
     src, dst, n = _ints(src_ptrs, "src_ptrs"), _ints(dst_ptrs, "dst_ptrs"), _ints(sizes, "sizes")
     if not len(src) == len(dst) == len(n):
         fail(ValueError, "src_ptrs", f"has {len(src)} entries, dst_ptrs {len(dst)}, sizes {len(n)}")
@@ -115,7 +116,7 @@ def _ints(values: object, name: str) -> list[int]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         fail(TypeError, name, f"must be a sequence of ints, got {type(values).__name__}")
     out = []
-    for i, v in enumerate(values):  # type: ignore[attr-defined]
+    for i, v in enumerate(values):
         try:
             if isinstance(v, bool):
                 raise TypeError("bool")
@@ -125,7 +126,9 @@ def _ints(values: object, name: str) -> list[int]:
     return out
 
 
-def lmcache_memcpy_async(dest, src, nbytes, direction, host_buffer_offset, host_buffer_alignment):
+def lmcache_memcpy_async(
+    dest: object, src: object, nbytes: object, direction: object, host_buffer_offset: object, host_buffer_alignment: object
+) -> None:
     direction = check_direction(direction)
     nbytes = check_int(nbytes, "nbytes")
     check_int(host_buffer_offset, "host_buffer_offset")

@@ -14,8 +14,10 @@ import functools
 import math
 import weakref
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec
@@ -31,7 +33,7 @@ class PagedBuffers:
     spec: FormatSpec
     geometry: KVGeometry
     device: torch.device
-    ptrs: np.ndarray  # int64 base address per buffer, pointer-table order
+    ptrs: npt.NDArray[np.int64]  # int64 base address per buffer, pointer-table order
     tensors: list[torch.Tensor] | None  # kept alive for the call; None for pointer tables
 
     @property
@@ -119,11 +121,11 @@ def resolve_buffers(
     tensors = _flatten(arg)
     key = (id(arg), spec, geometry, device, dtype)
     hit = _CHECKED.get(key)
-    if hit is not None and hit.matches(tensors):
-        return PagedBuffers(spec, geometry, device, hit.ptrs, tensors)
+    if hit is not None and hit.matches(tensors):  # the very tensors checked before: all torch.Tensor
+        return PagedBuffers(spec, geometry, device, hit.ptrs, cast(list[torch.Tensor], tensors))
     paged = _check_tensors(tensors, spec, geometry, device, dtype, name, need)
-    if not wrapped:  # a fresh one-item list per call would only churn the cache
-        _remember(key, _Checked(tuple(weakref.ref(t) for t in tensors), paged.ptrs.tolist(), paged.ptrs))
+    if not wrapped and paged.tensors is not None:  # a fresh one-item list per call would only churn the cache
+        _remember(key, _Checked(tuple(weakref.ref(t) for t in paged.tensors), paged.ptrs.tolist(), paged.ptrs))
     return paged
 
 
@@ -140,25 +142,24 @@ class _Checked:
     tables, it assumes KV tensors are not reshaped in place.
     """
 
-    refs: tuple[weakref.ref, ...]
+    refs: tuple[weakref.ref[torch.Tensor], ...]
     addresses: list[int]
-    ptrs: np.ndarray
+    ptrs: npt.NDArray[np.int64]
 
     def matches(self, tensors: list[object]) -> bool:
-        return (
-            len(tensors) == len(self.refs)
-            and all(r() is t for r, t in zip(self.refs, tensors))
-            and [t.data_ptr() for t in tensors] == self.addresses  # type: ignore[union-attr]
-        )
+        if len(tensors) != len(self.refs):
+            return False
+        alive = [r() for r in self.refs]
+        return all(a is t for a, t in zip(alive, tensors)) and [a.data_ptr() for a in alive if a is not None] == self.addresses
 
 
 # Keyed by the caller's list (by id: a reused id still needs the same live
 # tensors to hit), bounded: one entry per engine cache in practice.
-_CHECKED: dict[tuple, _Checked] = {}
+_CHECKED: dict[tuple[object, ...], _Checked] = {}
 _CHECKED_MAX = 8
 
 
-def _remember(key: tuple, entry: _Checked) -> None:
+def _remember(key: tuple[object, ...], entry: _Checked) -> None:
     _CHECKED.pop(key, None)
     if len(_CHECKED) >= _CHECKED_MAX:
         del _CHECKED[next(iter(_CHECKED))]
@@ -178,11 +179,13 @@ def _check_tensors(
         fail(ValueError, name, f"has {len(tensors)} buffers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
     # Plane tuples repeat layer 0's per-plane dtypes; plane 0 carries the object's dtype.
     period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
-    dtypes = [dtype] + [t.dtype for t in tensors[1:period]]
+    # A non-tensor plane takes the object's dtype here and is refused by check_tensor below.
+    dtypes = [dtype] + [t.dtype if isinstance(t, torch.Tensor) else dtype for t in tensors[1:period]]
     layouts = _dense_layouts(spec, geometry, period)
     block_stride = geometry.block_stride_elems
     on_cpu = device.type == "cpu"
     ptrs = np.empty(len(tensors), dtype=np.int64)
+    checked: list[torch.Tensor] = []
     # A plane tuple cache has a tensor per plane and layer (64 for DSA-C8 with
     # 16 layers), checked on every call: the common case (exact shape, dtype,
     # device and dense strides) is decided with a few attribute reads, and
@@ -196,9 +199,10 @@ def _check_tensors(
             and (t.stride() == strides if block_stride else t.is_contiguous())
             and (t.is_cpu if on_cpu else t.device.type == device.type != "meta")
         ):
-            check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtypes[i % period], device=device, block_stride=block_stride)
+            t = check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtypes[i % period], device=device, block_stride=block_stride)
         ptrs[i] = t.data_ptr()
-    return PagedBuffers(spec, geometry, device, ptrs, tensors)
+        checked.append(t)
+    return PagedBuffers(spec, geometry, device, ptrs, checked)
 
 
 @functools.lru_cache(maxsize=256)

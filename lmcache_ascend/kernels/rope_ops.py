@@ -34,15 +34,15 @@ _FLOAT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _POSITION_DTYPES = (torch.int32, torch.int64)
 
 
-def rotary_embedding_k_fused(old_positions, new_positions, key, head_size, cos_sin_cache, is_neox):
+def rotary_embedding_k_fused(old_positions: object, new_positions: object, key: object, head_size: object, cos_sin_cache: object, is_neox: object) -> None:
     _rotate(old_positions, new_positions, key, head_size, None, cos_sin_cache, is_neox)
 
 
-def rotary_embedding_k_fused_strided(old_positions, new_positions, key, head_size, head_stride, cos_sin_cache, is_neox):
+def rotary_embedding_k_fused_strided(old_positions: object, new_positions: object, key: object, head_size: object, head_stride: object, cos_sin_cache: object, is_neox: object) -> None:
     _rotate(old_positions, new_positions, key, head_size, head_stride, cos_sin_cache, is_neox)
 
 
-def _rotate(old, new, key, head_size, head_stride, table, is_neox) -> None:
+def _rotate(old: object, new: object, key: object, head_size: object, head_stride: object, table: object, is_neox: object) -> None:
     keys = _check_key(key)
     head = check_int(head_size, "head_size", 1)
     width = keys.shape[-1]

@@ -38,7 +38,7 @@ import dataclasses
 
 import torch
 
-from lmcache_ascend.core.kv_format import KVFormat, format_spec
+from lmcache_ascend.core.kv_format import FormatSpec, KVFormat, format_spec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.kernels import dispatch
 from lmcache_ascend.kernels.geometry import block_size_matters, slot_geometry, tensor_geometry
@@ -57,18 +57,18 @@ from lmcache_ascend.kernels.validate import (
 
 
 def multi_layer_kv_transfer(
-    key_value,
-    key_value_ptrs,
-    slot_mapping,
-    paged_memory_device,
-    page_buffer_size,
-    direction,
-    engine_kv_format,
-    block_size=0,
-    head_size=0,
-    skip_prefix_n_tokens=0,
-    block_stride_elems=0,
-):
+    key_value: object,
+    key_value_ptrs: object,
+    slot_mapping: object,
+    paged_memory_device: object,
+    page_buffer_size: object,
+    direction: object,
+    engine_kv_format: object,
+    block_size: object = 0,
+    head_size: object = 0,
+    skip_prefix_n_tokens: object = 0,
+    block_stride_elems: object = 0,
+) -> None:
     spec = check_format(engine_kv_format)
     direction = check_direction(direction)
     kv = check_tensor(key_value, "key_value", ndim=4)
@@ -103,7 +103,7 @@ def multi_layer_kv_transfer(
     dispatch.run(planes, paged, kv, slots, skip, direction)
 
 
-def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeometry, bool]:
+def _geometry_from_tensors(spec: FormatSpec, first: torch.Tensor, **scalars: int) -> tuple[KVGeometry, bool]:
     """Paged tensors are authoritative; the scalar arguments must agree with them."""
     kv_planes, row = scalars["kv_planes"], scalars["row_elems"]
     fused = spec.kv_inner and kv_planes == 1
@@ -121,7 +121,7 @@ def _geometry_from_tensors(spec, first: torch.Tensor, **scalars) -> tuple[KVGeom
     return g, fused
 
 
-def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
+def _plane_tuple_geometry(arg: object, **scalars: int) -> KVGeometry:
     """Plane tuples: geometry from layer 0's planes, checked against the scalars."""
     g = tuple_geometry(arg, "key_value_ptrs", scalars["num_layers"])
     if scalars["kv_planes"] != 1:
@@ -138,14 +138,14 @@ def _plane_tuple_geometry(arg, **scalars) -> KVGeometry:
 
 
 def multi_layer_kv_transfer_unilateral(
-    key_value,
-    key_value_ptrs,
-    slot_mapping,
-    paged_memory_device,
-    page_buffer_size,
-    direction,
-    engine_kv_format,
-):
+    key_value: object,
+    key_value_ptrs: object,
+    slot_mapping: object,
+    paged_memory_device: object,
+    page_buffer_size: object,
+    direction: object,
+    engine_kv_format: object,
+) -> None:
     spec = check_format(engine_kv_format)
     # Only the two-plane SGLang MHA pool is "unilateral" (K and V buffers per
     # layer); single-plane formats (MLA, 18) already address like the plain op.
@@ -156,13 +156,13 @@ def multi_layer_kv_transfer_unilateral(
 
 
 def single_layer_kv_transfer(
-    lmc_key_value_cache,
-    vllm_key_value_cache,
-    slot_mapping,
-    direction,
-    engine_kv_format,
-    token_major=False,
-):
+    lmc_key_value_cache: object,
+    vllm_key_value_cache: object,
+    slot_mapping: object,
+    direction: object,
+    engine_kv_format: object,
+    token_major: object = False,
+) -> None:
     spec = check_format(engine_kv_format)
     if spec.buffers not in ("layer", "layer_kv", "layer_planes"):
         fail(ValueError, "engine_kv_format", f"{spec.fmt.name} is not a per-layer format")
@@ -177,21 +177,22 @@ def single_layer_kv_transfer(
         if not (isinstance(paged_arg, (list, tuple)) and len(paged_arg) == 2):
             fail(TypeError, "vllm_key_value_cache", f"must be a (K, V) tuple for {spec.fmt.name}")
         first = check_tensor(paged_arg[0], "vllm_key_value_cache[0]")
+        buffers = list(paged_arg)
     else:
         first = check_tensor(paged_arg, "vllm_key_value_cache")
-        paged_arg = [paged_arg]
+        buffers = [paged_arg]
     g = tensor_geometry(spec, tuple(first.shape), first.element_size(), 1, "vllm_key_value_cache")
-    _single_layer(spec, g, paged_arg, "vllm_key_value_cache", lmc_key_value_cache, slot_mapping, direction, bool(token_major))
+    _single_layer(spec, g, buffers, "vllm_key_value_cache", lmc_key_value_cache, slot_mapping, direction, bool(token_major))
 
 
 def single_layer_kv_transfer_sgl(
-    lmc_key_value_cache,
-    sgl_key_cache,
-    sgl_value_cache,
-    slot_mapping,
-    direction,
-    token_major=False,
-):
+    lmc_key_value_cache: object,
+    sgl_key_cache: object,
+    sgl_value_cache: object,
+    slot_mapping: object,
+    direction: object,
+    token_major: object = False,
+) -> None:
     direction = check_direction(direction)
     k = check_tensor(sgl_key_cache, "sgl_key_cache")
     check_tensor(sgl_value_cache, "sgl_value_cache", shape=tuple(k.shape), dtype=k.dtype)
@@ -203,9 +204,10 @@ def single_layer_kv_transfer_sgl(
     _single_layer(spec, g, [sgl_key_cache, sgl_value_cache], "sgl_key_cache", lmc_key_value_cache, slot_mapping, direction, bool(token_major))
 
 
-def _single_layer(spec, g: KVGeometry, buffers, name: str, lmc, slot_mapping, direction: int, token_major: bool) -> None:
+def _single_layer(spec: FormatSpec, g: KVGeometry, buffers: list[object], name: str, lmc: object, slot_mapping: object, direction: int, token_major: bool) -> None:
     row = g.num_heads * g.head_size if not spec.mla else g.head_size
     kv_size = spec.kv_size
+    expected: tuple[int, ...]
     if kv_size == 1:
         obj = check_tensor(lmc, "lmc_key_value_cache", ndim=2)
         num_tokens = obj.shape[0]
@@ -216,14 +218,17 @@ def _single_layer(spec, g: KVGeometry, buffers, name: str, lmc, slot_mapping, di
         expected = (num_tokens, 2, row) if token_major else (2, num_tokens, row)
     if tuple(obj.shape) != expected:
         fail(ValueError, "lmc_key_value_cache", f"has shape {list(obj.shape)}, expected {list(expected)}")
-    device = buffers[0].device
+    first = engine_tensor(buffers)
+    if first is None:
+        fail(TypeError, name, "holds no tensor")
+    device = first.device
     paged = resolve_buffers(buffers, spec, g, device, obj.dtype, name)
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, g.num_slots)
     planes = single_layer_plane_set(spec, g, num_tokens, token_major)
     dispatch.run(planes, paged, obj, slots, 0, direction)
 
 
-def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, direction: int) -> None:
+def _flash(key_value: object, key_cache: object, value_cache: object, slot_mapping: object, layer_idx: object, direction: int) -> None:
     kv = check_tensor(key_value, "key_value", ndim=4)
     k = check_tensor(key_cache, "key_cache", ndim=4)
     check_tensor(value_cache, "value_cache", shape=tuple(k.shape), dtype=k.dtype)
@@ -243,9 +248,9 @@ def _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, direction
     dispatch.run(planes, paged, kv, slots, 0, direction)
 
 
-def load_and_reshape_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx):
+def load_and_reshape_flash(key_value: object, key_cache: object, value_cache: object, slot_mapping: object, layer_idx: object) -> None:
     _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, D2H)
 
 
-def reshape_and_cache_back_flash(key_value, key_cache, value_cache, slot_mapping, layer_idx):
+def reshape_and_cache_back_flash(key_value: object, key_cache: object, value_cache: object, slot_mapping: object, layer_idx: object) -> None:
     _flash(key_value, key_cache, value_cache, slot_mapping, layer_idx, H2D)

@@ -18,9 +18,8 @@ import math
 import torch
 
 from lmcache_ascend.core.planes import ObjectPlane, PagedPlane
+from lmcache_ascend.kernels.validate import D2H
 
-H2D = 0
-D2H = 1
 
 
 def byte_view(t: torch.Tensor) -> torch.Tensor:
@@ -44,7 +43,8 @@ def device_bytes(addr: int, nbytes: int, device: torch.device) -> torch.Tensor:
         return host_bytes(addr, nbytes)
     from lmcache.v1.platform import resolve_device_ops
 
-    return resolve_device_ops(device.type).tensor_from_ptr(addr, (nbytes,), torch.uint8, device)
+    view: torch.Tensor = resolve_device_ops(device.type).tensor_from_ptr(addr, (nbytes,), torch.uint8, device)
+    return view
 
 
 _UNITS = ((8, torch.int64), (4, torch.int32), (2, torch.int16), (1, torch.uint8))

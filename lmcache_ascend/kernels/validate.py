@@ -13,8 +13,9 @@ import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec, format_spec
 
-H2D = 0
-D2H = 1
+# Transfer directions of every op (LMCache's CUDA op convention); the one definition.
+H2D = 0  # memory object -> paged KV (load)
+D2H = 1  # paged KV -> memory object (store)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -26,7 +27,7 @@ def _enum_value(value: object, name: str, kind: str) -> int:
     """int of an int, IntEnum or pybind11 enum (those are not int subclasses)."""
     if isinstance(value, bool) or isinstance(value, (float, str, bytes)) or not hasattr(value, "__int__"):
         fail(TypeError, name, f"must be a {kind} or int, got {type(value).__name__}")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)  # type: ignore[call-overload,unused-ignore]
 
 
 def check_format(value: object, name: str = "engine_kv_format") -> FormatSpec:

@@ -291,6 +291,12 @@ def test_plane_tuple_bad_input_names_the_argument(gen: torch.Generator) -> None:
     wrong_dtype = [cache.layers[0], (*cache.layers[1][:2], cache.layers[1][2].view(torch.uint8), cache.layers[1][3]), cache.layers[2]]
     with pytest.raises(TypeError, match=r"key_value_ptrs\[6\]"):
         call(obj, wrong_dtype)
+    not_a_tensor = [cache.layers[0], (*cache.layers[1][:2], 7, cache.layers[1][3]), cache.layers[2]]
+    with pytest.raises(TypeError, match=r"key_value_ptrs\[6\] must be a torch.Tensor, got int"):
+        call(obj, not_a_tensor)
+    first_not_a_tensor = [(*cache.layers[0][:2], 7, cache.layers[0][3]), *cache.layers[1:]]
+    with pytest.raises(TypeError, match=r"key_value_ptrs\[0\]\[2\] must be a torch.Tensor, got int"):
+        call(obj, first_not_a_tensor)
     wrong_width = [cache.layers[0], (cache.layers[1][0], cache.layers[1][1][..., :32].contiguous(), *cache.layers[1][2:]), cache.layers[2]]
     with pytest.raises(ValueError, match=r"key_value_ptrs\[5\]"):
         call(obj, wrong_width)

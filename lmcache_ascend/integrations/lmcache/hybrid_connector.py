@@ -45,10 +45,8 @@ from lmcache_ascend.core.kv_groups import ChunkLayout, GroupKind, KVGroupSpec
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import check_structure, flat_buffers
 from lmcache_ascend.kernels.group_ops import transfer_chunk
-from lmcache_ascend.kernels.validate import check_tensor, fail
+from lmcache_ascend.kernels.validate import D2H, H2D, check_tensor, fail
 
-H2D = 0
-D2H = 1
 SERVED_KINDS: tuple[GroupKind, ...] = ("full", "sliding_window")
 
 

@@ -33,9 +33,8 @@ from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
 from lmcache_ascend.kernels.slot_ops import multi_layer_kv_transfer
+from lmcache_ascend.kernels.validate import D2H, H2D
 
-H2D = 0
-D2H = 1
 
 
 @dataclass(frozen=True)

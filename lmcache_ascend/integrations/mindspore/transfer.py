@@ -35,9 +35,8 @@ from lmcache_ascend.core.planes import multi_layer_plane_set, single_layer_plane
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV
 from lmcache_ascend.kernels import host
+from lmcache_ascend.kernels.validate import D2H, H2D
 
-H2D = 0
-D2H = 1
 
 
 def _check_int(value: object, name: str, minimum: int = 0) -> int:
