@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from lmcache_ascend.upstream.patching import wrap_instance_method
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -120,10 +122,10 @@ def hole_mode_lookup(engine: Any) -> None:
     the prefix are not pinned (one evicted before the load is a hole the blender
     computes).
     """
-    prefix_lookup = engine.lookup
-    if getattr(prefix_lookup, "hole_mode", False):
-        return
+    wrap_instance_method(engine, "lookup", lambda prefix_lookup: _hole_mode(engine, prefix_lookup), "hole_mode")
 
+
+def _hole_mode(engine: Any, prefix_lookup: Any) -> Any:
     def lookup(tokens: Any = None, *args: Any, request_configs: Any = None, **kwargs: Any) -> int:
         hit = int(prefix_lookup(tokens, *args, request_configs=request_configs, **kwargs))
         if tokens is None or not engine.is_healthy():  # LMCache answered 0 without probing storage
@@ -131,5 +133,4 @@ def hole_mode_lookup(engine: Any) -> None:
         segments = lookup_segments(engine, tokens, hole_mode=True, request_configs=request_configs)
         return max(hit, segments.hit_end)
 
-    lookup.hole_mode = True  # type: ignore[attr-defined]
-    engine.lookup = lookup
+    return lookup

@@ -38,13 +38,13 @@ from lmcache.v1.platform.devices.cpu.device_ops import CpuDeviceOps
 from lmcache.v1.platform.devices.cpu.stub_cpu_device import StubCPUDevice
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND
+from lmcache_ascend.upstream.patching import add_attribute
 
 BACKEND_NAME = ASCEND_CPU_BACKEND
 BACKEND_ENV = "LMCACHE_DEVICE_BACKEND"
 TORCH_MODULE_NAME = "lmcache_ascend_cpu"
 
-if not hasattr(torch, TORCH_MODULE_NAME):
-    setattr(torch, TORCH_MODULE_NAME, StubCPUDevice("cpu"))
+add_attribute(torch, TORCH_MODULE_NAME, StubCPUDevice("cpu"))
 
 
 def selected(env: dict[str, str] | None = None) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 
 from lmcache.logging import init_logger
 
-from lmcache_ascend.integrations.lmcache.patching import wrap_once
+from lmcache_ascend.upstream.patching import wrap_method
 
 logger = init_logger(__name__)
 
@@ -80,7 +80,7 @@ def lm_socket(connection: Any) -> socket.socket | None:
 
 
 def _wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> bool:
-    return wrap_once(cls, name, wrapper, _BOUNDED)
+    return wrap_method(cls, name, wrapper, _BOUNDED)
 
 
 def _timed_init(original: Callable[..., None]) -> Callable[..., None]:

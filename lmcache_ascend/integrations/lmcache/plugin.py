@@ -51,6 +51,7 @@ from lmcache.logging import init_logger
 
 from lmcache_ascend.integrations.lmcache.disk_index import note_partial_chunk, recover_disk_index
 from lmcache_ascend.integrations.lmcache.hybrid_connector import HybridGroup, HybridKVConnector, HybridMetadata
+from lmcache_ascend.upstream.patching import wrap_method
 
 logger = init_logger(__name__)
 
@@ -200,10 +201,10 @@ def guard_disk_writes() -> bool:
     """
     from lmcache.v1.storage_backend.local_disk_backend import LocalDiskBackend
 
-    original = LocalDiskBackend.async_save_bytes_to_disk
-    if getattr(original, _DISK_GUARD, False):
-        return False
+    return wrap_method(LocalDiskBackend, "async_save_bytes_to_disk", _guarded_disk_save, _DISK_GUARD)
 
+
+def _guarded_disk_save(original: Any) -> Any:
     def async_save_bytes_to_disk(self: Any, key: Any, memory_obj: Any, on_complete_callback: Any = None) -> None:
         shape_of = (memory_obj.metadata.shape, memory_obj.metadata.fmt)  # the buffer is released inside
         try:
@@ -213,10 +214,7 @@ def guard_disk_writes() -> bool:
             return
         note_partial_chunk(self, key, *shape_of)
 
-    setattr(async_save_bytes_to_disk, _DISK_GUARD, True)
-    async_save_bytes_to_disk.__wrapped__ = original  # type: ignore[attr-defined]
-    LocalDiskBackend.async_save_bytes_to_disk = async_save_bytes_to_disk
-    return True
+    return async_save_bytes_to_disk
 
 
 def _undo_disk_write(backend: Any, key: Any, memory_obj: Any, exc: OSError) -> None:

@@ -31,12 +31,13 @@ when LMCache fixes the connector (then drop this module).
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
 from lmcache.logging import init_logger
+
+from lmcache_ascend.upstream.patching import wrap_method
 
 logger = init_logger(__name__)
 
@@ -114,12 +115,7 @@ _REPLACEMENTS: dict[str, Callable[..., Any]] = {
 def fix_sentinel_connector() -> bool:
     """Install the fixed methods (see the module docstring); True if anything was patched now."""
     cls = getattr(importlib.import_module(REDIS_CONNECTOR), CLASS)
-    if getattr(cls.__init__, _FIXED, False):
-        return False
-    for name, replacement in {"__init__": _init(cls.__init__), **_REPLACEMENTS}.items():
-        original = getattr(cls, name)
-        fixed = functools.wraps(original)(replacement)
-        fixed.__wrapped__ = original  # type: ignore[attr-defined]
-        setattr(fixed, _FIXED, True)
-        setattr(cls, name, fixed)
-    return True
+    patched = wrap_method(cls, "__init__", _init, _FIXED)
+    for name, replacement in _REPLACEMENTS.items():
+        patched = wrap_method(cls, name, lambda _original, new=replacement: new, _FIXED) or patched
+    return patched

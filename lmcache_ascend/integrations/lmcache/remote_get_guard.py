@@ -47,7 +47,7 @@ from typing import Any
 
 from lmcache.logging import init_logger
 
-from lmcache_ascend.integrations.lmcache.patching import wrap_once
+from lmcache_ascend.upstream.patching import wrap_method
 
 logger = init_logger(__name__)
 
@@ -81,7 +81,7 @@ def guard_remote_gets() -> bool:
 
 
 def _wrap(cls: type, name: str, wrapper: Callable[[Any], Any]) -> bool:
-    return wrap_once(cls, name, wrapper, _GUARDED)
+    return wrap_method(cls, name, wrapper, _GUARDED)
 
 
 def _shielded_submit(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

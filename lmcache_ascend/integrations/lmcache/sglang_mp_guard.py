@@ -44,17 +44,16 @@ Settings come from the environment (:class:`GuardSettings`).
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+
+from lmcache_ascend.upstream.patching import patch_on_import, wrap_method
 
 logger = logging.getLogger(__name__)
 
@@ -202,29 +201,22 @@ def _reregister(conn: Any) -> None:
     conn.register_kv_cache()
 
 
-def _wrap(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    original = getattr(cls, name)
-    wrapped = make(original)
-    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = name, original.__doc__, original  # type: ignore[attr-defined]
-    setattr(cls, name, wrapped)
-
-
 def apply(module: ModuleType) -> bool:
     """Patch ``module.UnifiedLMCacheMPConnector`` in place; False if it was already patched."""
     cls = getattr(module, TARGET_CLASS)
-    if cls.__dict__.get(_MARK):
-        return False
     lookup_op = module.LMCacheLookupOperation
-    _wrap(cls, "_get_chunk_size", lambda orig: _get_chunk_size)
-    _wrap(cls, "register_kv_cache", _register_kv_cache)
-    _wrap(cls, "submit_lookup", lambda orig: _submit_lookup(orig, lookup_op))
-    _wrap(cls, "poll_lookup", _poll_lookup)
-    _wrap(cls, "submit_store", _submit_store)
-    _wrap(cls, "complete_load", lambda orig: _count_failure(orig, "loads_failed", "load"))
-    _wrap(cls, "complete_store", lambda orig: _count_failure(orig, "stores_failed", "store"))
-    _wrap(cls, "close", _close)
-    setattr(cls, _MARK, True)
-    return True
+    wraps: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+        "_get_chunk_size": lambda orig: _get_chunk_size,
+        "register_kv_cache": _register_kv_cache,
+        "submit_lookup": lambda orig: _submit_lookup(orig, lookup_op),
+        "poll_lookup": _poll_lookup,
+        "submit_store": _submit_store,
+        "complete_load": lambda orig: _count_failure(orig, "loads_failed", "load"),
+        "complete_store": lambda orig: _count_failure(orig, "stores_failed", "store"),
+        "close": _close,
+    }
+    patched = [wrap_method(cls, name, make, _MARK) for name, make in wraps.items()]
+    return any(patched)
 
 
 def _get_chunk_size(self: Any) -> int:
@@ -338,32 +330,7 @@ def _close(orig: Callable[..., Any]) -> Callable[..., Any]:
     return close
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Patches the connector class right after its module executes (it is imported after LMCache's device plugins)."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET_MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        self._inner = spec.loader
-        spec.loader = self
-        return spec
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self._inner.exec_module(module)
-        apply(module)
-
-
-def install() -> bool:
-    """Patch the connector now if its module is loaded, else as soon as it is imported."""
-    module = sys.modules.get(TARGET_MODULE)
-    if module is not None:
-        return apply(module)
-    if not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
-    return True
+def install() -> None:
+    """Patch the connector now if its module is loaded, else as soon as it is imported
+    (it is imported after LMCache's device plugins)."""
+    patch_on_import(TARGET_MODULE, apply)

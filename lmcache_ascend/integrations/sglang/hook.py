@@ -33,6 +33,8 @@ from typing import Any
 
 from lmcache.logging import init_logger
 
+from lmcache_ascend.upstream.patching import replace_attribute
+
 logger = init_logger(__name__)
 
 TARGET_MODULE = "sglang.srt.mem_cache.storage.lmcache.lmc_radix_cache"
@@ -101,7 +103,7 @@ def install() -> None:
     if AscendLMCRadixCache.__mro__[1] is not original:
         raise RuntimeError(f"{TARGET_MODULE}.{TARGET_NAME} was replaced by someone else before lmcache_ascend")
     _originals[TARGET_NAME] = original
-    setattr(module, TARGET_NAME, AscendLMCRadixCache)
+    replace_attribute(module, TARGET_NAME, AscendLMCRadixCache)
     logger.info("lmcache_ascend: SGLang --enable-lmcache uses AscendLMCRadixCache on NPU and CPU KV pools")
 
 
@@ -109,7 +111,7 @@ def uninstall() -> None:
     """Put SGLang's own ``LMCRadixCache`` back."""
     original = _originals.pop(TARGET_NAME, None)
     if original is not None:
-        setattr(importlib.import_module(TARGET_MODULE), TARGET_NAME, original)
+        replace_attribute(importlib.import_module(TARGET_MODULE), TARGET_NAME, original)
 
 
 def installed() -> bool:

@@ -45,6 +45,7 @@ from lmcache_ascend.blend.blender import BlendResult, SegmentBlender
 from lmcache_ascend.blend.segments import hole_mode_lookup
 from lmcache_ascend.blend.vllm_model import VLLMLlamaLayers
 from lmcache_ascend.integrations.lmcache import plugin
+from lmcache_ascend.upstream.patching import register_entry
 
 logger = init_logger(__name__)
 
@@ -150,7 +151,7 @@ def install(engine: Any, block_size: int) -> VLLMBlender:
 
     layers = VLLMLlamaLayers(find_vllm_model())
     blender = VLLMBlender(SegmentBlender(engine, layers), block_size)
-    LMCBlenderBuilder._blenders[plugin.ENGINE_NAME] = blender  # type: ignore[assignment]
+    register_entry(LMCBlenderBuilder._blenders, plugin.ENGINE_NAME, blender)
     if blender.hole_mode:
         hole_mode_lookup(engine)
     settings = blender.blender.settings

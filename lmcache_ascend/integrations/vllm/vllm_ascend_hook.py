@@ -12,8 +12,8 @@ class, whose engine would use LMCache's CUDA-only device connector.
 
 This package patches nothing on import. Instead :func:`install`, which vLLM calls
 in each of its processes through this package's own ``vllm.general_plugins``
-entry point (before any connector is built), puts an import hook in front of
-``sys.meta_path`` that reacts to that one module: once vllm-ascend's code has
+entry point (before any connector is built), registers an import-time patch
+(:func:`lmcache_ascend.upstream.patching.patch_on_import`) for that one module: once vllm-ascend's code has
 run, the module's ``LMCacheConnectorV1`` is replaced by the connector of this
 package's flavour (``LMCacheAscendConnectorV1Dynamic``), so the factory builds
 ours, with everything it does (device connectors, guards, block tails, bounded
@@ -28,23 +28,18 @@ The hook imports neither vLLM nor LMCache until the module is imported.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
-from collections.abc import Sequence
 from types import ModuleType
+
+from lmcache_ascend.upstream.patching import patch_on_import, replace_attribute
 
 TARGET = "vllm_ascend.distributed.kv_transfer.kv_pool.lmcache_ascend_connector"
 REGISTERED_CLASS = "LMCacheConnectorV1"  # the attribute vllm-ascend's registration names
 
 
 def install() -> None:
-    """Put the hook in front of ``sys.meta_path`` (once per process); vLLM's plugin entry point."""
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
-    module = sys.modules.get(TARGET)
-    if module is not None and hasattr(module, REGISTERED_CLASS):
-        replace_class(module)  # imported before the hook existed
+    """Replace the class as soon as vllm-ascend's module has run (now, if it already has);
+    vLLM's plugin entry point, once per process."""
+    patch_on_import(TARGET, replace_class)
 
 
 def replace_class(module: ModuleType) -> None:
@@ -59,30 +54,4 @@ def replace_class(module: ModuleType) -> None:
             '{"kv_connector": "LMCacheAscendConnectorV1Dynamic", '
             '"kv_connector_module_path": "lmcache_ascend.integration.vllm.lmcache_ascend_connector_v1"}'
         )
-    setattr(module, REGISTERED_CLASS, connector_class(build_info().flavour))
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(spec.loader)
-        return spec
-
-
-class _Loader(importlib.abc.Loader):
-    """vllm-ascend's own loader, then :func:`replace_class`."""
-
-    def __init__(self, inner: importlib.abc.Loader) -> None:
-        self._inner = inner
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self._inner.exec_module(module)
-        replace_class(module)
+    replace_attribute(module, REGISTERED_CLASS, connector_class(build_info().flavour))

@@ -207,7 +207,7 @@ def test_selecting_the_backend_patches_the_connector_on_import(backend: str, pat
         f"os.environ['LMCACHE_DEVICE_BACKEND'] = {backend!r}\n"
         "import lmcache.v1.platform\n"
         "from lmcache.integration.sglang import unified_lmcache_mp_connector as m\n"
-        "print(bool(m.UnifiedLMCacheMPConnector.__dict__.get('_lmcache_ascend_guarded')))\n"
+        "print(getattr(m.UnifiedLMCacheMPConnector.submit_lookup, '_lmcache_ascend_guarded', False))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(patched), out.stderr[-2000:]

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from lmcache_ascend.integrations.vllm import vllm_ascend_hook as hook
+from lmcache_ascend.upstream import patching
 from tests import vllm_ascend_kit as kit
 
 TARGET = hook.TARGET
@@ -82,6 +83,7 @@ def test_install_adds_one_finder_that_ignores_other_modules(monkeypatch: pytest.
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     hook.install()
     hook.install()
-    finders = [f for f in sys.meta_path if isinstance(f, hook._Finder)]
+    finders = [f for f in sys.meta_path if isinstance(f, patching._PatchOnImport)]
     assert len(finders) == 1 and sys.meta_path[0] is finders[0]
+    assert finders[0].patches[TARGET] == [hook.replace_class]
     assert finders[0].find_spec("json", None) is None
