@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+import numpy as np
 import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec, format_spec
@@ -46,7 +47,8 @@ def check_direction(value: object, name: str = "direction") -> int:
 
 
 def check_int(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A Python or numpy integer (what a pybind11 int argument takes), never a bool, >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         fail(TypeError, name, f"must be an int, got {type(value).__name__}")
     if value < minimum:
         fail(ValueError, name, f"must be >= {minimum}, got {value}")

@@ -16,6 +16,7 @@ import torch
 from lmcache.v1.gpu_connector.kv_format.contiguity import attempt_permute_to_contiguous_view
 
 from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
+from lmcache_ascend.core.last_built import LastBuilt
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ def flat_buffers(kvcaches: Sequence[Any]) -> list[Any]:
     return [t for layer in kvcaches for t in (layer if isinstance(layer, (list, tuple)) else (layer,))]
 
 
+def buffer_key(tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    """Identity of the engine's buffers: a different view of the same memory (shape, strides,
+    dtype) is a different layout."""
+    return tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)
+
+
 def _kind(t: object) -> str:
     return f"a meta tensor {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
 
@@ -40,26 +47,20 @@ class EngineKVCache:
     def __init__(self, engine: str, layout_hints: Mapping[str, Any] | None) -> None:
         self._engine = engine
         self._hints = dict(layout_hints or {})
-        # (key, detected KV), replaced as one object: callers on several threads never
-        # see one call's key with another call's KV.
-        self._cached: tuple[tuple[Any, ...], EngineKV] | None = None
+        self._last: LastBuilt[EngineKV] = LastBuilt()
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
         """``kvcaches`` has passed :func:`check_structure` (``EngineKVUser._engine_kv``)."""
         tensors = flat_buffers(kvcaches)
-        # A different view of the same memory (shape, strides, dtype) is a different layout.
-        key = tuple((t.data_ptr(), t.dtype, t.device, *t.shape, *t.stride()) for t in tensors)
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        return self._last.get(buffer_key(tensors), lambda: self._detect(kvcaches, tensors))
+
+    def _detect(self, kvcaches: Sequence[Any], tensors: list[Any]) -> EngineKV:
         try:
             layout = detect_kv_layout(list(kvcaches), self._engine, self._hints)
         except ValueError as exc:
             raise ValueError(f"kvcaches: {exc}") from None
         pointers = torch.tensor(layout.buffer_ptrs, dtype=torch.int64)
-        kv = EngineKV(layout, pointers, tensors[0].device, tuple(tensors))
-        self._cached = (key, kv)
-        return kv
+        return EngineKV(layout, pointers, tensors[0].device, tuple(tensors))
 
 
 def check_structure(kvcaches: object) -> None:

@@ -43,7 +43,7 @@ from lmcache.v1.metadata import LMCacheMetadata
 from lmcache_ascend.core.detection import detect_kv_layout
 from lmcache_ascend.core.kv_groups import ChunkLayout, GroupKind, KVGroupSpec
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
-from lmcache_ascend.integrations.lmcache.engine_kv import check_structure, flat_buffers
+from lmcache_ascend.integrations.lmcache.engine_kv import buffer_key, check_structure, flat_buffers
 from lmcache_ascend.kernels.group_ops import transfer_chunk
 from lmcache_ascend.kernels.validate import D2H, H2D, check_tensor, fail
 
@@ -117,7 +117,7 @@ class HybridKVConnector(GPUConnectorInterface):
         if len(kvcaches) != len(self._names):
             fail(ValueError, "kvcaches", f"has {len(kvcaches)} layers, {len(self._names)} were registered")
         check_structure(kvcaches)
-        key = tuple((t.data_ptr(), t.dtype, *t.shape, *t.stride()) for t in flat_buffers(kvcaches))
+        key = buffer_key(flat_buffers(kvcaches))
         if key == self._key:
             return
         index = {n: i for i, n in enumerate(self._names)}

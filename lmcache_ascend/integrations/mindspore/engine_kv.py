@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
+from lmcache_ascend.core.last_built import LastBuilt
 from lmcache_ascend.core.kv_format import KVFormat
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 
@@ -131,16 +132,7 @@ class MindSporeKVCache:
     """Describes the engine KV once per distinct set of buffers."""
 
     def __init__(self) -> None:
-        # (key, description), replaced as one object: callers on several threads never
-        # see one call's key with another call's description.
-        self._cached: tuple[tuple[Any, ...], MindSporeKV] | None = None
+        self._last: LastBuilt[MindSporeKV] = LastBuilt()
 
     def get(self, kvcaches: Sequence[Any]) -> MindSporeKV:
-        key = _buffer_key(kvcaches)
-        cached = self._cached
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        kv = describe_kv(kvcaches)
-        if key is not None:
-            self._cached = (key, kv)
-        return kv
+        return self._last.get(_buffer_key(kvcaches), lambda: describe_kv(kvcaches))

@@ -35,26 +35,9 @@ from lmcache_ascend.core.planes import multi_layer_plane_set, single_layer_plane
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV
 from lmcache_ascend.kernels import host
-from lmcache_ascend.kernels.validate import D2H, H2D
+from lmcache_ascend.kernels.validate import D2H, H2D, check_direction, check_int
 
-
-
-def _check_int(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_direction(direction: object) -> int:
-    """An int, ``IntEnum`` or LMCache ``TransferDirection`` (a pybind11 enum) as 0 or 1."""
-    if isinstance(direction, (bool, float, str, bytes)) or not hasattr(direction, "__int__"):
-        raise TypeError(f"direction must be a TransferDirection or int, got {type(direction).__name__}")
-    value = int(direction)  # type: ignore[call-overload]
-    if value not in (H2D, D2H):
-        raise ValueError(f"direction must be 0 (H2D, object -> paged) or 1 (D2H, paged -> object), got {value}")
-    return value
+__all__ = ["D2H", "H2D", "check_direction", "check_object", "describe_object", "host_slots", "multi_layer", "single_layer", "slot_array"]
 
 
 def _as_numpy(values: Any, name: str) -> np.ndarray:
@@ -122,7 +105,7 @@ def check_object(d: TensorDesc, kv: MindSporeKV, shape: tuple[int, ...], name: s
 def multi_layer(kv: MindSporeKV, obj: Any, slot_mapping: Any, direction: object, skip_prefix: int = 0) -> None:
     """All layers of ``kv`` <-> ``obj`` ``[kv, L, T, H]`` (see the module docstring)."""
     direction = check_direction(direction)
-    skip = _check_int(skip_prefix, "skip_prefix")
+    skip = check_int(skip_prefix, "skip_prefix")
     spec = format_spec(kv.fmt)
     d = describe_object(obj, 4)
     num_tokens = d.shape[2]
@@ -137,7 +120,7 @@ def multi_layer(kv: MindSporeKV, obj: Any, slot_mapping: Any, direction: object,
 def single_layer(kv: MindSporeKV, layer: int, obj: Any, slot_mapping: Any, direction: object) -> None:
     """Layer ``layer`` of ``kv`` <-> token-major ``obj`` ``[T, 2, H]`` (``[T, H]`` for MLA)."""
     direction = check_direction(direction)
-    layer = _check_int(layer, "layer")
+    layer = check_int(layer, "layer")
     if layer >= kv.num_layers:
         raise ValueError(f"layer {layer} is outside the paged KV's {kv.num_layers} layers")
     spec = format_spec(kv.fmt)
