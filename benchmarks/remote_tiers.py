@@ -22,7 +22,6 @@ and load GB/s and warm TTFT, the raw figures and the CPU.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))  # tests.redis_topologies: the cluster set-up the tests use
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
 
+from testkit.lmcache_engines import EngineFactory, make_metadata, wait_idle  # noqa: E402
 from testkit.remote_servers import RedisServer  # noqa: E402
 from testkit.vllm_runner import run_engine  # noqa: E402
 from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
@@ -50,47 +50,24 @@ BLOCK = 16
 
 def _engine(url: str, chunks: int) -> tuple[Any, list[torch.Tensor], str]:
     """A real LMCache engine on ``url`` (CPU tier only staging) and its paged KV (vLLM flash NHD)."""
-    from lmcache.v1.cache_engine import LMCacheEngineBuilder
-    from lmcache.v1.config import LMCacheEngineConfig
-    from lmcache.v1.metadata import LMCacheMetadata
-
     from lmcache_ascend.integrations.lmcache import redis_sentinel_fix, remote_get_guard
     from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 
     redis_sentinel_fix.fix_sentinel_connector()  # what the vLLM connector's worker installs
     remote_get_guard.guard_remote_gets()
     spec = KV_HEAVY
-    meta = LMCacheMetadata(
-        model_name="bench/kv-heavy", world_size=1, local_world_size=1, worker_id=0, local_worker_id=0,
-        kv_dtype=torch.bfloat16, kv_shape=(spec.num_layers, 2, CHUNK, spec.num_kv_heads, spec.head_dim),
-        use_mla=False, role="worker", chunk_size=CHUNK,
-    )  # fmt: skip
-    cfg = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, local_cpu=False, max_local_cpu_size=2.0, remote_url=url, remote_serde="naive",
-        blocking_timeout_secs=60, pre_caching_hash_algorithm="sha256_cbor",
-    )  # fmt: skip
+    meta = make_metadata(
+        num_layers=spec.num_layers, num_heads=spec.num_kv_heads, head_size=spec.head_dim, chunk_size=CHUNK, model_name="bench/kv-heavy"
+    )
     connector = PagedKVConnector.from_metadata(meta, device="cpu", layout_hints={"kv_layout": "NHD"})
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    gc.freeze()  # LMCacheEngine.__init__ runs gc.collect() over torch's and vLLM's heap
-    engine = LMCacheEngineBuilder.get_or_create(name, cfg, meta, connector, lambda t, src: t, lambda o, src: o)
-    gc.unfreeze()
-    engine.post_init()
+    engine = EngineFactory().build(
+        connector, meta, instance_id=name, local_cpu=False, max_local_cpu_size=2.0, remote_url=url, remote_serde="naive", blocking_timeout_secs=60
+    )
     blocks = 2 * chunks * CHUNK // BLOCK  # store from the first half, load into the second
     shape = (2, blocks, BLOCK, spec.num_kv_heads, spec.head_dim)
     kv = [torch.randn(shape).to(torch.bfloat16) for _ in range(spec.num_layers)]
     return engine, kv, name
-
-
-def _idle(engine: Any, timeout_s: float = 120.0) -> None:
-    """Every put acknowledged: LMCache's staging allocator has nothing out."""
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    inner = getattr(allocator, "pin_allocator", allocator)
-    inner = getattr(inner, "allocator", inner)
-    deadline = time.monotonic() + timeout_s
-    while inner.num_active_allocations:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"puts still in flight after {timeout_s:.0f} s")
-        time.sleep(0.002)
 
 
 def throughput(url: str, chunks: int, rounds: int) -> dict[str, float]:
@@ -110,7 +87,7 @@ def throughput(url: str, chunks: int, rounds: int) -> dict[str, float]:
             tokens = (torch.arange(n, dtype=torch.long) * (7 + 2 * r) + 11 * r) % 30000
             t0 = time.perf_counter()
             engine.store(tokens, kvcaches=kv, slot_mapping=store_slots)
-            _idle(engine)
+            wait_idle(engine)
             stores.append(nbytes / (time.perf_counter() - t0) / 1e9)
             t0 = time.perf_counter()
             got = int(engine.retrieve(tokens, kvcaches=kv, slot_mapping=load_slots).sum())
@@ -120,7 +97,7 @@ def throughput(url: str, chunks: int, rounds: int) -> dict[str, float]:
             for layer in kv:  # the loaded KV equals the stored KV, exactly
                 if not torch.equal(layer[:, n // BLOCK :], layer[:, : n // BLOCK]):
                     raise RuntimeError(f"{url}: round {r} loaded KV differs from what was stored")
-            _idle(engine)
+            wait_idle(engine)
     finally:
         close_remote_backends(engine)
         LMCacheEngineBuilder.destroy(name)

@@ -219,13 +219,12 @@ def worker_state(worker: Any) -> dict[str, Any]:
     engine = LMCacheEngineBuilder.get(ENGINE_NAME)
     if engine is None:
         return {"engine": False}
-    manager = engine.storage_manager
-    backends = manager.storage_backends
+    from testkit.lmcache_engines import cpu_allocator
+
+    backends = engine.storage_manager.storage_backends
     cpu = backends.get("LocalCPUBackend")
     remote = backends.get("RemoteBackend")
-    allocator = cpu.memory_allocator if cpu is not None else None
-    inner = getattr(allocator, "pin_allocator", allocator)  # MixedMemoryAllocator wraps one
-    inner = getattr(inner, "allocator", inner)
+    inner = cpu_allocator(engine)
     return {
         "engine": True,
         "backends": sorted(backends),

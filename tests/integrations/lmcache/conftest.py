@@ -7,11 +7,9 @@ Engine KV is built with the independent reference in ``tests/kernels/reference.p
 
 from __future__ import annotations
 
-import gc
 import threading
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,7 +17,10 @@ import torch
 from lmcache.v1.memory_allocators.tensor_memory_allocator import TensorMemoryAllocator
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
+from testkit.lmcache_engines import EngineFactory, active_buffers, allocated_bytes, make_metadata
 from tests.kernels.reference import D2H, Geom, PagedCache, make_paged, ref_transfer
+
+__all__ = ["EngineFactory", "active_buffers", "allocated_bytes", "make_metadata"]  # imported by the tests from here
 
 
 @dataclass(frozen=True)
@@ -126,61 +127,6 @@ def make_cache(gen: torch.Generator) -> CacheMaker:
 # ---------------------------------------------------------------- engines
 
 
-@dataclass
-class EngineFactory:
-    """Builds real LMCache engines in an isolated ``LMCacheEngineBuilder`` registry."""
-
-    created: list[str] = field(default_factory=list)
-
-    def build(
-        self,
-        connector: Any,
-        metadata: Any,
-        *,
-        instance_id: str | None = None,
-        post_init: bool = True,
-        **config: Any,
-    ) -> Any:
-        from lmcache.v1.cache_engine import LMCacheEngineBuilder
-        from lmcache.v1.config import LMCacheEngineConfig
-
-        settings: dict[str, Any] = dict(
-            chunk_size=metadata.chunk_size,
-            local_cpu=True,
-            max_local_cpu_size=0.01,  # GiB
-            pre_caching_hash_algorithm="sha256_cbor",
-        )
-        settings.update(config)
-        cfg = LMCacheEngineConfig.from_defaults(**settings)
-        name = instance_id or f"lmcache-ascend-test-{uuid.uuid4().hex[:12]}"
-        # LMCacheEngine.__init__ runs a full gc.collect(); over torch + vLLM's heap that
-        # takes seconds. Freezing the (long-lived) heap first keeps it to the new objects.
-        gc.freeze()
-        try:
-            engine = LMCacheEngineBuilder.get_or_create(name, cfg, metadata, connector, _broadcast, _broadcast_object)
-        finally:
-            gc.unfreeze()
-        self.created.append(name)
-        if post_init:
-            engine.post_init()
-        return engine
-
-    def destroy(self, name: str) -> None:
-        from lmcache.v1.cache_engine import LMCacheEngineBuilder
-
-        if name in self.created:
-            self.created.remove(name)
-            LMCacheEngineBuilder.destroy(name)
-
-    def name_of(self, engine: Any) -> str:
-        from lmcache.v1.cache_engine import LMCacheEngineBuilder
-
-        for name in self.created:
-            if LMCacheEngineBuilder.get(name) is engine:
-                return name
-        raise KeyError("engine not built by this factory")
-
-
 @pytest.fixture
 def disk_writes_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``plugin.guard_disk_writes`` installed for this test; LMCache's class restored after it."""
@@ -193,23 +139,6 @@ def disk_writes_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _cpu_allocator(engine: Any) -> Any:
-    """The allocator under the engine's CPU backend (MixedMemoryAllocator wraps one)."""
-    allocator = engine.storage_manager.storage_backends["LocalCPUBackend"].memory_allocator
-    inner = getattr(allocator, "pin_allocator", allocator)
-    return getattr(inner, "allocator", inner)
-
-
-def active_buffers(engine: Any) -> int:
-    """CPU buffers the engine's allocator has handed out and not had back."""
-    return int(_cpu_allocator(engine).num_active_allocations)
-
-
-def allocated_bytes(engine: Any) -> int:
-    """Bytes of the CPU allocator handed out and not had back."""
-    return int(_cpu_allocator(engine).total_allocated_size)
-
-
 def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
     """Poll ``condition`` every 50 ms; AssertionError naming ``what`` after ``timeout_s``."""
     pause = threading.Event()
@@ -218,14 +147,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str
             return
         pause.wait(0.05)
     raise AssertionError(f"{what} not reached in {timeout_s:.0f} s")
-
-
-def _broadcast(tensor: torch.Tensor, src: int) -> torch.Tensor:
-    return tensor
-
-
-def _broadcast_object(obj: Any, src: int) -> Any:
-    return obj
 
 
 @pytest.fixture
@@ -264,34 +185,6 @@ def remote_engines(isolated_builder: None) -> Iterator[EngineFactory]:
         if engine is not None:
             remote_tier.close_remote_backends(engine, timeout_s=10.0)
         factory.destroy(name)
-
-
-def make_metadata(
-    *,
-    num_layers: int,
-    num_heads: int,
-    head_size: int,
-    chunk_size: int = 256,
-    model_name: str = "org/tiny-model",
-    worker_id: int = 0,
-    world_size: int = 1,
-    dtype: torch.dtype = KV_DTYPE,
-    use_mla: bool = False,
-) -> Any:
-    from lmcache.v1.metadata import LMCacheMetadata
-
-    return LMCacheMetadata(
-        model_name=model_name,
-        world_size=world_size,
-        local_world_size=world_size,
-        worker_id=worker_id,
-        local_worker_id=worker_id,
-        kv_dtype=dtype,
-        kv_shape=(num_layers, 1 if use_mla else 2, chunk_size, num_heads, head_size),
-        use_mla=use_mla,
-        role="worker",
-        chunk_size=chunk_size,
-    )
 
 
 def paged_engine(
