@@ -137,8 +137,10 @@ class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
         return out
 
 
-def create_device_connector(config: Any, metadata: Any, device: Any) -> MindSporeKVUser:
-    """The paged or layerwise connector LMCache's ``config`` asks for."""
+def create_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any = None) -> MindSporeKVUser:
+    """The paged or layerwise connector LMCache's ``config`` asks for (``plugin.ConnectorFactory``'s
+    signature, as the PyTorch flavour's). MindSpore KV is described from its own tensors: vLLM's
+    ``layout_hints`` do not apply and are ignored."""
     if config.enable_blending:
         raise ValueError("enable_blending: CacheBlend runs on PyTorch KV caches only, not on MindSpore ones")
     cls = MindSporeLayerwiseConnector if config.use_layerwise else MindSporePagedConnector

@@ -60,13 +60,8 @@ LAYERWISE_REFUSED = (
 )
 
 
-def _make_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any) -> Any:
-    # MindSpore KV is described from its own tensors; vLLM's layout hints do not apply.
-    return create_device_connector(config, metadata, device)
-
-
 class LMCacheAscendConnectorV1Dynamic(connector_v1.LMCacheAscendConnectorBase):
-    make_device_connector = staticmethod(_make_device_connector)
+    make_device_connector = staticmethod(create_device_connector)
 
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any | None = None) -> None:
         if plugin.apply_defaults(plugin.lmcache_config(vllm_config)).use_layerwise:
