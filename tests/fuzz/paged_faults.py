@@ -221,8 +221,10 @@ def paged_faults() -> list[Fault]:
                 # (the row) is checked against the object; other axes just
                 # describe a different, valid cache.
                 lone = call.ctx.get("lone_paged_tensor", False)
-                if lone and call.ctx.get("row_changed"):
-                    return  # a wider row on both sides may agree again
+                if call.ctx.get("row_changed"):
+                    # a wider row on both sides may agree again: the row spans the paged tensor's
+                    # trailing axes (heads and head size, or NZ pieces), whichever one grows
+                    return
                 if call.ctx.get("page_buffer_size_changed"):
                     return  # one more slot on both sides may agree again
                 dim = t.dim() - 1 if lone else draw(st.integers(0, t.dim() - 1))
