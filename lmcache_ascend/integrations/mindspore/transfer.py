@@ -1,8 +1,9 @@
 """MindSpore paged KV <-> LMCache memory objects, through the host C++ core.
 
-The same plane tables as the PyTorch flavour (``core.planes``) run through the
-same host kernel (``kernels.host.run_planes``), so the memory objects are byte
-for byte the PyTorch flavour's:
+MindSpore tensors are described (``core.TensorDesc``) and go through the ops'
+front end over descriptions (``kernels/described.py``): the same checks, plane
+tables and host core as the PyTorch flavour, so the memory objects are byte for
+byte the PyTorch flavour's:
 
 ``multi_layer(kv, obj, slot_mapping, direction, skip_prefix=0)``
     ``obj`` ``[2, L, T, H]`` (``KV_2LTD``) or ``[1, L, T, H]`` for MLA
@@ -25,16 +26,14 @@ naming it); the copy is complete when the call returns.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 
 from lmcache_ascend.core.kv_format import format_spec
-from lmcache_ascend.core.planes import multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV
-from lmcache_ascend.kernels import host
+from lmcache_ascend.kernels import described
 from lmcache_ascend.kernels.validate import D2H, H2D, check_direction, check_int
 
 __all__ = ["D2H", "H2D", "check_direction", "check_object", "describe_object", "host_slots", "multi_layer", "single_layer", "slot_array"]
@@ -55,27 +54,13 @@ def _as_numpy(values: Any, name: str) -> np.ndarray:
 
 def host_slots(slot_mapping: Any, name: str = "slot_mapping", copy: bool = False) -> np.ndarray:
     """``slot_mapping`` as a dense 1-D int64 host array (a private copy with ``copy``)."""
-    arr = _as_numpy(slot_mapping, name)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {list(arr.shape)}")
-    if arr.dtype.kind not in "iu" and arr.size:
-        raise TypeError(f"{name} must hold integer slot ids, got {arr.dtype}")
-    if copy:
-        return np.array(arr, dtype=np.int64, order="C", copy=True)
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return described.slot_ids(_as_numpy(slot_mapping, name), name, copy)
 
 
 def slot_array(slot_mapping: Any, num_tokens: int, num_slots: int, skip_prefix: int = 0, name: str = "slot_mapping") -> np.ndarray:
     """``slot_mapping`` as a dense int64 host array of ``num_tokens`` entries, every
     live one (after ``skip_prefix``, not negative) < ``num_slots``."""
-    arr = host_slots(slot_mapping, name)
-    if arr.shape[0] != num_tokens:
-        raise ValueError(f"{name} has {arr.shape[0]} entries for {num_tokens} tokens")
-    live = arr[skip_prefix:]
-    if live.size and int(live.max()) >= num_slots:
-        bad = int(np.argmax(live >= num_slots)) + skip_prefix
-        raise ValueError(f"{name}[{bad}] = {int(arr[bad])} is outside the paged KV ({num_slots} slots)")
-    return arr
+    return described.check_slot_values(_as_numpy(slot_mapping, name), name, num_tokens, num_slots, skip_prefix)
 
 
 def describe_object(obj: Any, ndim: int, name: str = "memory_obj") -> TensorDesc:
@@ -91,15 +76,7 @@ def describe_object(obj: Any, ndim: int, name: str = "memory_obj") -> TensorDesc
 
 def check_object(d: TensorDesc, kv: MindSporeKV, shape: tuple[int, ...], name: str = "memory_obj") -> TensorDesc:
     """``d`` after checking it is a dense host object of ``shape`` and the KV's dtype."""
-    if d.shape != shape:
-        raise ValueError(f"{name} has shape {list(d.shape)}, expected {list(shape)}")
-    if d.dtype != kv.dtype:
-        raise TypeError(f"{name} has dtype {d.dtype}, the paged KV {kv.dtype}")
-    if not d.is_host:
-        raise ValueError(f"{name} is on {d.device}; it must be in host memory")
-    if not d.is_contiguous:
-        raise ValueError(f"{name} must be contiguous (shape {list(d.shape)}, strides {list(d.strides)})")
-    return d
+    return described.check_object(d, shape, kv.dtype, name)
 
 
 def multi_layer(kv: MindSporeKV, obj: Any, slot_mapping: Any, direction: object, skip_prefix: int = 0) -> None:
@@ -111,10 +88,7 @@ def multi_layer(kv: MindSporeKV, obj: Any, slot_mapping: Any, direction: object,
     num_tokens = d.shape[2]
     check_object(d, kv, (spec.kv_size, kv.num_layers, num_tokens, kv.hidden_dim))
     slots = slot_array(slot_mapping, num_tokens, kv.num_slots, skip)
-    if num_tokens == 0 or skip >= num_tokens:
-        return
-    planes = multi_layer_plane_set(spec, kv.layout.geometry, num_tokens)
-    host.run_planes(planes.bind(kv.ptrs, d.ptr), slots.ctypes.data, 8, num_tokens, skip, direction)
+    described.run_multi_layer(spec, kv.layout.geometry, kv.ptrs, d, slots, skip, direction)
 
 
 def single_layer(kv: MindSporeKV, layer: int, obj: Any, slot_mapping: Any, direction: object) -> None:
@@ -129,8 +103,4 @@ def single_layer(kv: MindSporeKV, layer: int, obj: Any, slot_mapping: Any, direc
     shape = (num_tokens, kv.hidden_dim) if kv.use_mla else (num_tokens, 2, kv.hidden_dim)
     check_object(d, kv, shape)
     slots = slot_array(slot_mapping, num_tokens, kv.num_slots)
-    if num_tokens == 0:
-        return
-    geometry = kv.layout.geometry
-    planes = single_layer_plane_set(spec, dataclasses.replace(geometry, num_layers=1), num_tokens, token_major=True)
-    host.run_planes(planes.bind(kv.layer_ptrs(layer), d.ptr), slots.ctypes.data, 8, num_tokens, 0, direction)
+    described.run_single_layer(spec, kv.layout.geometry, kv.layer_ptrs(layer), d, slots, direction)
