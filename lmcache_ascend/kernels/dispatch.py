@@ -33,16 +33,19 @@ def backend_setting() -> str:
     return value
 
 
+def use_host(on_host: bool, device_memory: str) -> bool:
+    """Whether an op whose arguments are all in host memory (``on_host``) runs on the C++ core;
+    ``device_memory`` says what is not, for the error when the setting demands the host."""
+    setting = backend_setting()
+    if setting == "host" and not on_host:
+        raise ValueError(f"{BACKEND_ENV}=host but {device_memory}")
+    return on_host and setting != "torch"
+
+
 def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
     """Whether a transfer between ``paged`` and an object on ``obj_device`` runs on the C++ core."""
-    setting = backend_setting()
     on_host = paged.is_host and obj_device.type == "cpu"
-    if setting == "host" and not on_host:
-        raise ValueError(
-            f"{BACKEND_ENV}=host but the transfer touches device memory "
-            f"(paged on {paged.device}, object on {obj_device})"
-        )
-    return on_host and setting != "torch"
+    return use_host(on_host, f"the transfer touches device memory (paged on {paged.device}, object on {obj_device})")
 
 
 def run_host(planes: PlaneSet, paged: PagedBuffers, obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int) -> None:

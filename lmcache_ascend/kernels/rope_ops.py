@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from lmcache_ascend.kernels.dispatch import BACKEND_ENV, backend_setting
+from lmcache_ascend.kernels.dispatch import use_host
 from lmcache_ascend.kernels.validate import check_int, fail
 
 _FLOAT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -116,11 +116,8 @@ def _check_positions(pos: object, name: str, num_tokens: int, device: torch.devi
 
 
 def _use_host(*tensors: torch.Tensor) -> bool:
-    setting = backend_setting()
     on_host = all(t.device.type == "cpu" for t in tensors)
-    if setting == "host" and not on_host:
-        raise ValueError(f"{BACKEND_ENV}=host but the key is in device memory ({tensors[0].device})")
-    return on_host and setting != "torch"
+    return use_host(on_host, f"the key is in device memory ({tensors[0].device})")
 
 
 def _compute_kind(key: torch.Tensor, table: torch.Tensor) -> int:
