@@ -111,22 +111,18 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
         if kv.hidden_dim != self.hidden_dim_size:
             raise ValueError(f"kvcaches hold {kv.hidden_dim} values per token, LMCache metadata {self.hidden_dim_size}")
         if kv.fmt in PACKED_FORMATS:
-            token_views(self._layer(0))  # refuses an ISA whose packing is unknown, before any copy
+            token_views(kv.layer(0))  # refuses an ISA whose packing is unknown, before any copy
         return kv
 
     def _move(self, rows: torch.Tensor, layer: int, slots: torch.Tensor, direction: int, kv: EngineKV) -> None:
         """``rows[2, n, H]`` to (H2D) or from (D2H) the paged cache of ``layer`` at ``slots`` (< 0 skipped)."""
         if kv.fmt in PACKED_FORMATS:
             if direction == H2D:
-                scatter_rows(rows, self._layer(layer), slots)
+                scatter_rows(rows, kv.layer(layer), slots)
             else:
-                gather_rows(self._layer(layer), slots, rows)
+                gather_rows(kv.layer(layer), slots, rows)
             return
-        single_layer_kv_transfer(rows, self._layer(layer), slots, direction, kv.fmt, token_major=False)
-
-    def _layer(self, layer: int) -> Any:
-        entry = self.kvcaches[layer]  # type: ignore[index]
-        return tuple(entry) if isinstance(entry, (list, tuple)) else entry
+        single_layer_kv_transfer(rows, kv.layer(layer), slots, direction, kv.fmt, token_major=False)
 
     def batched_from_gpu(
         self, memory_objs: Sequence[Sequence[MemoryObj]], starts: Sequence[int], ends: Sequence[int], **kwargs: Any

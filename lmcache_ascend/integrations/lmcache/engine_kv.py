@@ -25,6 +25,13 @@ class EngineKV(LayoutFacts):
     pointers: torch.Tensor  # int64 base addresses, pointer-table order, on the host
     device: torch.device
     tensors: tuple[Any, ...]  # the engine's tensors, kept referenced while in use
+    # Per-layer entries of the call's kvcaches (a tensor or a tuple of tensors): what
+    # layer-by-layer moves index, so a call never reads another call's buffers.
+    layers: tuple[Any, ...] = ()
+
+    def layer(self, index: int) -> Any:
+        entry = self.layers[index]
+        return tuple(entry) if isinstance(entry, (list, tuple)) else entry
 
 
 def flat_buffers(kvcaches: Sequence[Any]) -> list[Any]:
@@ -60,7 +67,7 @@ class EngineKVCache:
         except ValueError as exc:
             raise ValueError(f"kvcaches: {exc}") from None
         pointers = torch.tensor(layout.buffer_ptrs, dtype=torch.int64)
-        return EngineKV(layout, pointers, tensors[0].device, tuple(tensors))
+        return EngineKV(layout, pointers, tensors[0].device, tuple(tensors), tuple(kvcaches))
 
 
 def check_structure(kvcaches: object) -> None:

@@ -63,13 +63,9 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
             return torch.Size([num_tokens, self.hidden_dim_size])
         return torch.Size([num_tokens, 2, self.hidden_dim_size])
 
-    def _layer(self, layer: int) -> Any:
-        entry = self.kvcaches[layer]  # type: ignore[index]
-        return tuple(entry) if isinstance(entry, (list, tuple)) else entry
-
     def _move(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
         """Move one checked object (subclasses override this for other engines' layers)."""
-        single_layer_kv_transfer(obj.tensor, self._layer(layer), slots, direction, kv.fmt, token_major=True)
+        single_layer_kv_transfer(obj.tensor, kv.layer(layer), slots, direction, kv.fmt, token_major=True)
 
     def _chunks(self, kv: EngineKV, kwargs: Mapping[str, Any], starts: object, ends: object, load: bool) -> tuple[list[torch.Tensor], bool]:
         """Every chunk's slots, checked; on load the engine's cached tokens are -1."""

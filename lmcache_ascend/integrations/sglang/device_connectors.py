@@ -43,7 +43,7 @@ class SGLangLayerwiseKVConnector(LayerwiseKVConnector):
     def _move(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
         if obj.tensor is None:
             raise ValueError("memory object has no tensor")
-        kvcaches: Any = self.kvcaches
+        kvcaches: Any = kv.layers  # this call's buffers, not self.kvcaches (another call may rebind it)
         if self.use_mla:
             single_layer_kv_transfer(obj.tensor, kvcaches[layer], slots, direction, kv.fmt)
         else:

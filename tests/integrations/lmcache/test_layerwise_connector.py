@@ -107,6 +107,36 @@ def test_layerwise_round_trip(backend: str, layout: EngineLayout, make_cache: Ca
     assert_cache_equal(cache, want)
 
 
+def test_interleaved_loads_into_different_buffers_each_write_their_own(make_cache: CacheMaker, pool: ObjectPool, request_slots: torch.Tensor) -> None:
+    """Two load generators of one connector, started on different KV buffers and stepped in
+    turn: each writes only its own buffers. Starting the second rebinds the connector's
+    ``kvcaches`` (LMCache's ``initialize_kvcaches_ptr``); read back from there at each layer,
+    the first load wrote its chunks into the second's buffers."""
+    layout = FLASH_NHD
+    starts, ends = chunk_bounds(NUM_TOKENS, CHUNK)
+    conn = connector_for(layout)
+    sources = [make_cache(layout, GEOM) for _ in range(2)]
+    objs = []
+    for source in sources:
+        layer_objs = layer_objects(pool, conn, starts, ends, MemoryFormat.UNDEFINED)
+        drive_store(conn.batched_from_gpu(layer_objs, starts, ends, **kwargs_for(source, request_slots)), GEOM.num_layers)
+        objs.append(layer_objs)
+    targets = [zeros_like_cache(source) for source in sources]
+    loads = [conn.batched_to_gpu(starts, ends, **kwargs_for(t, request_slots, vllm_cached_tokens=0)) for t in targets]
+    for load in loads:
+        next(load)  # both started: the second call bound its own buffers last
+    for layer in range(GEOM.num_layers):
+        for load, layer_objs in zip(loads, objs):
+            load.send(layer_objs[layer])
+    for load in loads:
+        next(load)
+    for source, target in zip(sources, targets):
+        want = zeros_like_cache(source)
+        for ref, s, e in zip(reference_objects(source, layout, request_slots, starts, ends), starts, ends):
+            ref_transfer(want, ref, request_slots[s:e], H2D)
+        assert_cache_equal(target, want)
+
+
 def test_store_moves_one_layer_per_step_in_order(make_cache: CacheMaker, pool: ObjectPool, request_slots: torch.Tensor) -> None:
     """After step k (k <= L) layers < k are stored and layers >= k untouched."""
     cache = make_cache(FLASH_NHD, GEOM)
