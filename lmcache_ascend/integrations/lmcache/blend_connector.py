@@ -39,7 +39,8 @@ from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
 from lmcache_ascend.core.kv_format import KVFormat
 from lmcache_ascend.integrations.lmcache.cpu_kv_layout import gather_rows, scatter_rows, token_views
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV
+from lmcache_ascend.integrations.lmcache.kv_mover import ConnectorCore, TorchMover
 from lmcache_ascend.integrations.lmcache.paged_connector import require_kwarg
 from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer
 from lmcache_ascend.kernels.validate import D2H, H2D
@@ -57,7 +58,7 @@ class KeyRotator(Protocol):
     def __call__(self, old_positions: torch.Tensor, new_positions: torch.Tensor, rows: torch.Tensor) -> None: ...
 
 
-class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
+class BlendBufferConnector(ConnectorCore, VLLMBufferLayerwiseGPUConnector):
     def __init__(
         self,
         *,
@@ -72,25 +73,16 @@ class BlendBufferConnector(EngineKVUser, VLLMBufferLayerwiseGPUConnector):
         # Deliberately not calling the upstream __init__: it creates CUDA streams.
         if use_mla:
             raise ValueError("use_mla: CacheBlend does not support MLA KV caches")
-        self._setup(
-            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=False, device=device, layout_hints=layout_hints, engine=engine
-        )
+        # Torch KV only: its moves are per-token row copies of its own (_move below).
+        self._setup(num_layers=num_layers, hidden_dim=hidden_dim, use_mla=False, mover=TorchMover(device, layout_hints, engine))
         self.use_gpu = False
         self.dtype = kv_dtype
         self.rotator: KeyRotator | None = None  # set by the blender (model-specific)
         self.buffer_mapping: dict[int, torch.Tensor] = {}  # type: ignore[assignment]
 
     @classmethod
-    def from_metadata(cls, metadata: Any, device: torch.device | str, layout_hints: Mapping[str, Any] | None = None) -> Any:
-        layers, _, _, heads, head_size = metadata.kv_shape
-        return cls(
-            num_layers=layers,
-            hidden_dim=heads * head_size,
-            use_mla=bool(metadata.use_mla),
-            device=device,
-            layout_hints=layout_hints,
-            kv_dtype=metadata.kv_dtype,
-        )
+    def _metadata_settings(cls, metadata: Any) -> dict[str, Any]:
+        return {"kv_dtype": metadata.kv_dtype}
 
     @property
     def memory_format(self) -> MemoryFormat:

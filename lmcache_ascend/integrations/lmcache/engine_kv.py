@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lmcache.v1.gpu_connector.kv_format.contiguity import attempt_permute_to_contiguous_view
 
 from lmcache_ascend.core.detection import KVCacheLayout, LayoutFacts, detect_kv_layout
 from lmcache_ascend.core.last_built import LastBuilt
@@ -57,7 +56,7 @@ class EngineKVCache:
         self._last: LastBuilt[EngineKV] = LastBuilt()
 
     def get(self, kvcaches: Sequence[Any]) -> EngineKV:
-        """``kvcaches`` has passed :func:`check_structure` (``EngineKVUser._engine_kv``)."""
+        """``kvcaches`` has passed :func:`check_structure` (``kv_mover.TorchMover.engine_kv``)."""
         tensors = flat_buffers(kvcaches)
         return self._last.get(buffer_key(tensors), lambda: self._detect(kvcaches, tensors))
 
@@ -77,66 +76,3 @@ def check_structure(kvcaches: object) -> None:
     for i, t in enumerate(flat_buffers(kvcaches)):
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             raise TypeError(f"kvcaches buffer {i} must be a torch.Tensor with data, got {_kind(t)}")
-
-
-class EngineKVUser:
-    """What both device connectors share: construction from LMCache metadata,
-    their streams on the KV's device, and the engine KV detected from kwargs."""
-
-    num_layers: int
-    kvcaches: Sequence[Any] | None
-
-    def _setup(
-        self,
-        *,
-        num_layers: int,
-        hidden_dim: int,
-        use_mla: bool,
-        device: torch.device | str,
-        layout_hints: Mapping[str, Any] | None,
-        engine: str,
-    ) -> None:
-        from lmcache_ascend.core.devices import get_device
-
-        self.num_layers = num_layers
-        self.hidden_dim_size = hidden_dim
-        self.use_mla = use_mla
-        self.device = torch.device(device)
-        self.kvcaches = None
-        self._backend = get_device(self.device)
-        self.load_stream = self._backend.new_stream()
-        self.store_stream = self._backend.new_stream()
-        self._kv_cache = EngineKVCache(engine, layout_hints)
-
-    @classmethod
-    def from_metadata(cls, metadata: Any, device: torch.device | str, layout_hints: Mapping[str, Any] | None = None) -> Any:
-        """Build from ``LMCacheMetadata`` (``kv_shape = (L, kv, chunk, heads, head_size)``)."""
-        layers, _, _, heads, head_size = metadata.kv_shape
-        return cls(
-            num_layers=layers,
-            hidden_dim=heads * head_size,
-            use_mla=bool(metadata.use_mla),
-            device=device,
-            layout_hints=layout_hints,
-        )
-
-    def _engine_kv(self, kwargs: Mapping[str, Any]) -> EngineKV:
-        """The KV of this call: ``kwargs["kvcaches"]`` when given (else the last one bound).
-
-        LMCache's ``initialize_kvcaches_ptr`` rebinds ``self.kvcaches`` on every call; read
-        back from there, a call running beside another with different buffers (threads of
-        one engine, the GIL released in the copies) could copy into the other's KV.
-        """
-        kvcaches = kwargs.get("kvcaches")
-        if kvcaches is not None:
-            check_structure(kvcaches)  # before LMCache's own helper walks it
-            self.initialize_kvcaches_ptr(**kwargs)  # type: ignore[attr-defined]  (GPUConnectorInterface)
-            kvcaches = attempt_permute_to_contiguous_view(kvcaches)  # what that call bound
-        else:
-            kvcaches = self.kvcaches
-        if kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
-        kv = self._kv_cache.get(kvcaches)
-        if kv.num_layers != self.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
-        return kv

@@ -30,14 +30,14 @@ from lmcache.v1.gpu_connector.gpu_connectors import VLLMPagedMemLayerwiseGPUConn
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV
+from lmcache_ascend.integrations.lmcache.kv_mover import ConnectorCore, KVMover, TorchMover
 from lmcache_ascend.integrations.lmcache.paged_connector import require_kwarg
-from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer
 from lmcache_ascend.kernels.validate import D2H, H2D
 
 
 
-class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
+class LayerwiseKVConnector(ConnectorCore, VLLMPagedMemLayerwiseGPUConnector):
     def __init__(
         self,
         *,
@@ -47,10 +47,11 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         device: torch.device | str,
         layout_hints: Mapping[str, Any] | None = None,
         engine: str = "vllm",
+        mover: KVMover | None = None,
     ) -> None:
         # Deliberately not calling the upstream __init__: it creates CUDA streams.
         self._setup(
-            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, layout_hints=layout_hints, engine=engine
+            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, mover=mover or TorchMover(device, layout_hints, engine)
         )
         self.use_gpu = False
 
@@ -63,10 +64,6 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
             return torch.Size([num_tokens, self.hidden_dim_size])
         return torch.Size([num_tokens, 2, self.hidden_dim_size])
 
-    def _move(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
-        """Move one checked object (subclasses override this for other engines' layers)."""
-        single_layer_kv_transfer(obj.tensor, kv.layer(layer), slots, direction, kv.fmt, token_major=True)
-
     def _chunks(self, kv: EngineKV, kwargs: Mapping[str, Any], starts: object, ends: object, load: bool) -> tuple[list[torch.Tensor], bool]:
         """Every chunk's slots, checked; on load the engine's cached tokens are -1."""
         slot_mapping = checks.slot_tensor(require_kwarg(kwargs, "slot_mapping"))
@@ -75,7 +72,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
         bounds = checks.chunk_bounds(starts, ends, count, slot_mapping.numel())
         checks.check_chunk_slots(slot_mapping, bounds, kv.num_slots)
         cached = checks.cached_tokens(kwargs) if load else 0
-        return [self._skip_cached(slot_mapping[lo:hi], lo, cached) for lo, hi in bounds], sync
+        return [self._mover.skip_cached(slot_mapping[lo:hi], lo, cached) for lo, hi in bounds], sync
 
     def _layer_tensors(self, kv: EngineKV, objs: object, chunks: list[torch.Tensor], layer: int, load: bool) -> list[torch.Tensor]:
         """The tensors of one layer's objects, all checked before any is used."""
@@ -99,22 +96,12 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
             self._layer_tensors(kv, objs, chunks, layer, load=True)
             with self._backend.use_stream(self.load_stream):
                 for obj, slots in zip(objs, chunks):
-                    self._move(kv, layer, obj, slots, H2D)
+                    self._mover.move_layer(kv, layer, obj, slots, H2D)
             if sync:
                 self.load_stream.synchronize()
         yield
         self.load_stream.synchronize()
         yield
-
-    @staticmethod
-    def _skip_cached(slots: torch.Tensor, start: int, cached: int) -> torch.Tensor:
-        """Mark the chunk's tokens the engine already computed (``< cached``) as -1."""
-        skip = min(len(slots), max(0, cached - start))
-        if skip == 0:
-            return slots
-        slots = slots.clone()
-        slots[:skip] = -1
-        return slots
 
     def batched_from_gpu(
         self, memory_objs: Sequence[Sequence[MemoryObj]], starts: Sequence[int], ends: Sequence[int], **kwargs: Any
@@ -131,7 +118,7 @@ class LayerwiseKVConnector(EngineKVUser, VLLMPagedMemLayerwiseGPUConnector):
             self.store_stream.wait_stream(self._backend.current_stream())
             with self._backend.use_stream(self.store_stream):
                 for obj, slots in zip(objs[layer], chunks):
-                    self._move(kv, layer, obj, slots, D2H)
+                    self._mover.move_layer(kv, layer, obj, slots, D2H)
                     obj.metadata.fmt = self.memory_format
             yield
             if sync:

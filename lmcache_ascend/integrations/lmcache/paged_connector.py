@@ -31,8 +31,8 @@ from lmcache.v1.gpu_connector.gpu_connectors import GPUConnectorInterface
 from lmcache.v1.memory_management import MemoryFormat, MemoryObj
 
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV, EngineKVUser
-from lmcache_ascend.kernels.slot_ops import multi_layer_kv_transfer
+from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV
+from lmcache_ascend.integrations.lmcache.kv_mover import ConnectorCore, KVMover, TorchMover
 from lmcache_ascend.kernels.validate import D2H, H2D
 
 
@@ -53,8 +53,9 @@ def require_kwarg(kwargs: Mapping[str, Any], name: str) -> Any:
     return kwargs[name]
 
 
-class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
-    """Paged KV <-> ``KV_2LTD`` memory objects, one chunk per object."""
+class PagedKVConnector(ConnectorCore, GPUConnectorInterface):
+    """Paged KV <-> ``KV_2LTD`` memory objects, one chunk per object, through ``mover``
+    (default: :class:`~.kv_mover.TorchMover` for torch KV)."""
 
     def __init__(
         self,
@@ -65,9 +66,11 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
         device: torch.device | str,
         layout_hints: Mapping[str, Any] | None = None,
         engine: str = "vllm",
+        mover: KVMover | None = None,
     ) -> None:
+        # Not GPUConnectorInterface's constructor: there is none to run (an interface).
         self._setup(
-            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, layout_hints=layout_hints, engine=engine
+            num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, mover=mover or TorchMover(device, layout_hints, engine)
         )
 
     @property
@@ -77,53 +80,28 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
     def get_shape(self, num_tokens: int) -> torch.Size:
         return torch.Size([1 if self.use_mla else 2, self.num_layers, num_tokens, self.hidden_dim_size])
 
-    def _transfer(self, kv: EngineKV, tensor: torch.Tensor, slots: torch.Tensor, direction: int, skip: int) -> None:
-        multi_layer_kv_transfer(
-            tensor,
-            kv.pointers,
-            slots,
-            kv.device,
-            kv.num_slots,
-            direction,
-            kv.fmt,
-            kv.block_size,
-            kv.head_size,
-            skip,
-        )
-
     def _plan(self, kv: EngineKV, objs: object, starts: object, ends: object, kwargs: Mapping[str, Any], load: bool) -> list[_Job]:
         """Check every chunk (objects, bounds, slots) before the first copy: a
         bad one refuses the whole call and the engine KV stays as it was."""
-        slots = self._slot_mapping(require_kwarg(kwargs, "slot_mapping"))
+        slots = self._mover.slot_mapping(require_kwarg(kwargs, "slot_mapping"))
         objs = checks.object_list(objs)
         bounds = checks.chunk_bounds(starts, ends, len(objs), len(slots))
-        self._check_chunk_slots(slots, bounds, kv.num_slots)
+        self._mover.check_chunk_slots(slots, bounds, kv.num_slots)
         cached = checks.cached_tokens(kwargs) if load else 0
         kv_planes, fmt = (1 if self.use_mla else 2), self.memory_format if load else None
         jobs = []
         for i, (obj, (lo, hi)) in enumerate(zip(objs, bounds)):
             shape = (kv_planes, kv.num_layers, hi - lo, kv.hidden_dim)
-            tensor = self._object_tensor(obj, f"memory_objs[{i}]", shape, kv, fmt)
+            tensor = self._mover.object_tensor(obj, f"memory_objs[{i}]", shape, kv, fmt)
             # Slots the engine computed itself may be shared with other
             # requests: leave them alone, as upstream's connector does.
             jobs.append(_Job(obj, tensor, slots[lo:hi], min(hi - lo, max(0, cached - lo))))
         return jobs
 
-    # What a chunk's slots and memory object are checked as: torch tensors here;
-    # the MindSpore flavour takes MindSpore tensors as well (msadapter's LMCache).
-    def _slot_mapping(self, slot_mapping: object) -> Any:
-        return checks.slot_tensor(slot_mapping)
-
-    def _check_chunk_slots(self, slots: Any, bounds: checks.Bounds, num_slots: int) -> None:
-        checks.check_chunk_slots(slots, bounds, num_slots)
-
-    def _object_tensor(self, obj: object, name: str, shape: Sequence[int], kv: EngineKV, fmt: object) -> Any:
-        return checks.object_tensor(obj, name, shape, checks.kv_dtype(kv), fmt)
-
     def to_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
         kv = self._engine_kv(kwargs)
         for job in self._plan(kv, [memory_obj], [start], [end], kwargs, load=True):
-            self._transfer(kv, job.tensor, job.slots, H2D, job.skip)
+            self._mover.move_chunk(kv, job.tensor, job.slots, H2D, job.skip)
 
     def from_gpu(self, memory_obj: MemoryObj, start: int, end: int, **kwargs: Any) -> None:
         kv = self._engine_kv(kwargs)
@@ -131,7 +109,7 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
 
     def _store(self, kv: EngineKV, jobs: list[_Job]) -> None:
         for job in jobs:
-            self._transfer(kv, job.tensor, job.slots, D2H, 0)
+            self._mover.move_chunk(kv, job.tensor, job.slots, D2H, 0)
             job.obj.metadata.fmt = self.memory_format
 
     def batched_to_gpu(self, memory_objs: Sequence[MemoryObj], starts: Sequence[int], ends: Sequence[int], **kwargs: Any) -> None:
@@ -139,7 +117,7 @@ class PagedKVConnector(EngineKVUser, GPUConnectorInterface):
         jobs = self._plan(kv, memory_objs, starts, ends, kwargs, load=True)
         with self._backend.use_stream(self.load_stream):
             for job in jobs:
-                self._transfer(kv, job.tensor, job.slots, H2D, job.skip)
+                self._mover.move_chunk(kv, job.tensor, job.slots, H2D, job.skip)
         self.load_stream.synchronize()
 
     def batched_from_gpu(self, memory_objs: Sequence[MemoryObj], starts: Sequence[int], ends: Sequence[int], **kwargs: Any) -> None:

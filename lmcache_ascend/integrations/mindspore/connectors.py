@@ -1,8 +1,8 @@
 """LMCache device connectors for MindSpore paged KV (vllm-mindspore).
 
-Same contract as the PyTorch flavour's connectors in
-``integrations/lmcache/`` (which these subclass, keeping their chunk, stream and
-generator logic): LMCache hands ``kvcaches`` (per layer ``(K, V)`` or
+The PyTorch flavour's connectors (``integrations/lmcache/``: their chunk, stream
+and generator logic) built with :class:`MindSporeMover` instead of the torch
+mover (``kv_mover``), same contract: LMCache hands ``kvcaches`` (per layer ``(K, V)`` or
 ``(latent,)`` MindSpore tensors, see ``engine_kv``), ``slot_mapping`` and, on
 load, ``vllm_cached_tokens``; memory objects are LMCache's own.
 
@@ -29,69 +29,16 @@ from lmcache.v1.memory_management import MemoryObj
 
 from lmcache_ascend.core.devices import MindSporeBackend
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
-from lmcache_ascend.integrations.lmcache.engine_kv import EngineKVUser
 from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.mindspore import transfer
 from lmcache_ascend.integrations.mindspore.engine_kv import MindSporeKV, MindSporeKVCache
 
 
-class MindSporeKVUser(EngineKVUser):
-    """Set-up shared by both connectors: MindSpore synchronization, KV described from MindSpore tensors."""
-
-    engine_device: str
-
-    def _setup(
-        self,
-        *,
-        num_layers: int,
-        hidden_dim: int,
-        use_mla: bool,
-        device: Any,
-        layout_hints: Mapping[str, Any] | None,
-        engine: str,
-    ) -> None:
-        # ``device`` is the engine's device string ("cpu", "npu", ...). The KV's
-        # own tensors say where it lives; only host KV is moved (engine_kv).
-        self.num_layers = num_layers
-        self.hidden_dim_size = hidden_dim
-        self.use_mla = use_mla
-        self.engine_device = str(device)
-        self.device = "cpu"
-        self.kvcaches = None
-        self._backend = MindSporeBackend()
-        self.load_stream = self._backend.new_stream()
-        self.store_stream = self._backend.new_stream()
-        self._ms_kv = MindSporeKVCache()
-
-    def _engine_kv(self, kwargs: Mapping[str, Any]) -> MindSporeKV:  # type: ignore[override]
-        # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
-        # fix-up recurses without end into MindSpore tensors (they iterate as
-        # tensors). Permuted views are handled by our own detection instead.
-        # This call's own buffers, not read back from self.kvcaches, which a call on
-        # another thread may rebind meanwhile.
-        kvcaches = kwargs.get("kvcaches")
-        if kvcaches is not None:
-            self.kvcaches = kvcaches
-        else:
-            kvcaches = self.kvcaches
-        if kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
-        # The engine's kernels that wrote (store) or will read (load) this KV are
-        # ordered by MindSpore; copies through raw pointers are not, so wait first.
-        self._backend.synchronize()
-        kv = self._ms_kv.get(kvcaches)
-        if kv.num_layers != self.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
-        if kv.use_mla != self.use_mla:
-            raise ValueError(f"kvcaches is {'MLA' if kv.use_mla else '(K, V)'} but LMCache metadata says use_mla={self.use_mla}")
-        if kv.hidden_dim != self.hidden_dim_size:
-            raise ValueError(f"kvcaches has {kv.hidden_dim} elements per token and layer, LMCache metadata {self.hidden_dim_size}")
-        return kv
-
-
-class MindSporePagedConnector(MindSporeKVUser, PagedKVConnector):
-    """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects.
+class MindSporeMover:
+    """The mover for MindSpore KV (``integrations/lmcache/kv_mover.py``): MindSpore work is
+    synchronized before pointers are taken, and the host core copies through the ops'
+    front end over descriptions (``transfer``).
 
     In a vllm-mindspore process ``torch`` is msadapter: LMCache's memory objects
     and the slot mapping it passes are MindSpore tensors with torch-like
@@ -100,33 +47,61 @@ class MindSporePagedConnector(MindSporeKVUser, PagedKVConnector):
     shape, strides, dtype, device), never as torch tensors.
     """
 
-    def _slot_mapping(self, slot_mapping: object) -> np.ndarray:
+    def __init__(self, engine_device: Any) -> None:
+        # ``engine_device`` is the engine's device string ("cpu", "npu", ...). The KV's
+        # own tensors say where it lives; only host KV is moved (engine_kv).
+        self.engine_device = str(engine_device)
+        self.device = "cpu"
+        self.backend = MindSporeBackend()
+        self._kv_cache = MindSporeKVCache()
+
+    def engine_kv(self, connector: Any, kwargs: Mapping[str, Any]) -> MindSporeKV:
+        # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
+        # fix-up recurses without end into MindSpore tensors (they iterate as
+        # tensors). Permuted views are handled by our own detection instead.
+        # This call's own buffers, not read back from connector.kvcaches, which a call
+        # on another thread may rebind meanwhile.
+        kvcaches = kwargs.get("kvcaches")
+        if kvcaches is not None:
+            connector.kvcaches = kvcaches
+        else:
+            kvcaches = connector.kvcaches
+        if kvcaches is None:
+            raise ValueError("'kvcaches' should be provided in kwargs")
+        # The engine's kernels that wrote (store) or will read (load) this KV are
+        # ordered by MindSpore; copies through raw pointers are not, so wait first.
+        self.backend.synchronize()
+        kv = self._kv_cache.get(kvcaches)
+        if kv.num_layers != connector.num_layers:
+            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {connector.num_layers}")
+        if kv.use_mla != connector.use_mla:
+            raise ValueError(f"kvcaches is {'MLA' if kv.use_mla else '(K, V)'} but LMCache metadata says use_mla={connector.use_mla}")
+        if kv.hidden_dim != connector.hidden_dim_size:
+            raise ValueError(f"kvcaches has {kv.hidden_dim} elements per token and layer, LMCache metadata {connector.hidden_dim_size}")
+        return kv
+
+    def slot_mapping(self, slot_mapping: object) -> np.ndarray:
         return transfer.host_slots(slot_mapping)
 
-    def _check_chunk_slots(self, slots: np.ndarray, bounds: checks.Bounds, num_slots: int) -> None:
+    def check_chunk_slots(self, slots: np.ndarray, bounds: checks.Bounds, num_slots: int) -> None:
         for lo, hi in bounds:
             transfer.slot_array(slots[lo:hi], hi - lo, num_slots)
 
-    def _object_tensor(self, obj: object, name: str, shape: Sequence[int], kv: MindSporeKV, fmt: object) -> Any:  # type: ignore[override]
+    def object_tensor(self, obj: object, name: str, shape: Sequence[int], kv: MindSporeKV, fmt: object) -> Any:
         tensor = checks.memory_obj_tensor(obj, name, fmt)
         transfer.check_object(transfer.describe_object(tensor, len(shape), name), kv, tuple(shape), name)
         return tensor
 
-    def _transfer(self, kv: MindSporeKV, tensor: Any, slots: Any, direction: int, skip: int) -> None:  # type: ignore[override]
-        # ``tensor`` is the memory object's, already checked against ``kv`` (_object_tensor).
+    def move_chunk(self, kv: MindSporeKV, tensor: Any, slots: Any, direction: int, skip: int) -> None:
+        # ``tensor`` is the memory object's, already checked against ``kv`` (object_tensor).
         transfer.multi_layer(kv, tensor, slots, direction, skip)
 
-
-class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
-    """Paged MindSpore KV <-> per-layer ``KV_T2D`` memory objects, driven as LMCache's generators."""
-
-    def _move(self, kv: MindSporeKV, layer: int, obj: MemoryObj, slots: Any, direction: int) -> None:  # type: ignore[override]
+    def move_layer(self, kv: MindSporeKV, layer: int, obj: MemoryObj, slots: Any, direction: int) -> None:
         if obj.tensor is None:
             raise ValueError("memory object has no tensor")
         transfer.single_layer(kv, layer, obj.tensor, slots, direction)
 
-    @staticmethod
-    def _skip_cached(slots: Any, start: int, cached: int) -> Any:
+    def skip_cached(self, slots: Any, start: int, cached: int) -> Any:
         # Tokens the engine already holds get slot -1 on a host copy of the
         # chunk's mapping (the mapping may be a MindSpore tensor).
         skip = min(len(slots), max(0, cached - start))
@@ -137,7 +112,22 @@ class MindSporeLayerwiseConnector(MindSporeKVUser, LayerwiseKVConnector):
         return out
 
 
-def create_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any = None) -> MindSporeKVUser:
+class MindSporePagedConnector(PagedKVConnector):
+    """Paged MindSpore KV <-> ``KV_2LTD`` / ``KV_MLA_FMT`` memory objects (the paged connector with :class:`MindSporeMover`)."""
+
+    def __init__(self, *, num_layers: int, hidden_dim: int, use_mla: bool, device: Any, layout_hints: Mapping[str, Any] | None = None, engine: str = "vllm") -> None:
+        # MindSpore KV is described from its own tensors: layout hints do not apply.
+        super().__init__(num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device="cpu", mover=MindSporeMover(device))
+
+
+class MindSporeLayerwiseConnector(LayerwiseKVConnector):
+    """Paged MindSpore KV <-> per-layer ``KV_T2D`` memory objects, driven as LMCache's generators."""
+
+    def __init__(self, *, num_layers: int, hidden_dim: int, use_mla: bool, device: Any, layout_hints: Mapping[str, Any] | None = None, engine: str = "vllm") -> None:
+        super().__init__(num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device="cpu", mover=MindSporeMover(device))
+
+
+def create_device_connector(config: Any, metadata: Any, device: Any, layout_hints: Any = None) -> PagedKVConnector | LayerwiseKVConnector:
     """The paged or layerwise connector LMCache's ``config`` asks for (``plugin.ConnectorFactory``'s
     signature, as the PyTorch flavour's). MindSpore KV is described from its own tensors: vLLM's
     ``layout_hints`` do not apply and are ignored."""

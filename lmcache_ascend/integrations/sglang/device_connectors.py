@@ -26,6 +26,7 @@ import torch
 from lmcache.v1.memory_management import MemoryObj
 
 from lmcache_ascend.integrations.lmcache.engine_kv import EngineKV
+from lmcache_ascend.integrations.lmcache.kv_mover import TorchMover
 from lmcache_ascend.integrations.lmcache.layerwise_connector import LayerwiseKVConnector
 from lmcache_ascend.integrations.lmcache.paged_connector import PagedKVConnector
 from lmcache_ascend.integrations.sglang.pools import PoolKV
@@ -34,20 +35,30 @@ from lmcache_ascend.kernels.slot_ops import single_layer_kv_transfer, single_lay
 ENGINE = "sglang"
 
 
-class SGLangLayerwiseKVConnector(LayerwiseKVConnector):
-    """Layerwise transfer of one SGLang layer: ``(K_l, V_l)``, or the MLA latent buffer."""
+class SGLangLayerMover(TorchMover):
+    """Torch moves, one SGLang layer at a time: ``(K_l, V_l)`` of the pool's
+    ``[K layers, V layers]``, or layer ``l`` of the MLA latent buffers."""
 
-    def __init__(self, *, num_layers: int, hidden_dim: int, use_mla: bool, device: torch.device | str) -> None:
-        super().__init__(num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, engine=ENGINE)
+    def __init__(self, device: torch.device | str, use_mla: bool) -> None:
+        super().__init__(device, None, ENGINE)
+        self.use_mla = use_mla
 
-    def _move(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
+    def move_layer(self, kv: EngineKV, layer: int, obj: MemoryObj, slots: torch.Tensor, direction: int) -> None:
         if obj.tensor is None:
             raise ValueError("memory object has no tensor")
-        kvcaches: Any = kv.layers  # this call's buffers, not self.kvcaches (another call may rebind it)
+        kvcaches: Any = kv.layers  # this call's buffers, not the connector's kvcaches (another call may rebind it)
         if self.use_mla:
             single_layer_kv_transfer(obj.tensor, kvcaches[layer], slots, direction, kv.fmt)
         else:
             single_layer_kv_transfer_sgl(obj.tensor, kvcaches[0][layer], kvcaches[1][layer], slots, direction, token_major=True)
+
+
+class SGLangLayerwiseKVConnector(LayerwiseKVConnector):
+    """The layerwise connector with :class:`SGLangLayerMover`."""
+
+    def __init__(self, *, num_layers: int, hidden_dim: int, use_mla: bool, device: torch.device | str) -> None:
+        mover = SGLangLayerMover(device, use_mla)
+        super().__init__(num_layers=num_layers, hidden_dim=hidden_dim, use_mla=use_mla, device=device, engine=ENGINE, mover=mover)
 
 
 def create_device_connector(config: Any, pool: PoolKV) -> PagedKVConnector | SGLangLayerwiseKVConnector:
