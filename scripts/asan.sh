@@ -4,7 +4,7 @@
 #   bash scripts/asan.sh                 # build, prove ASan is live, run the default test subset
 #   bash scripts/asan.sh tests/fuzz -x   # other pytest arguments instead of the default subset
 #
-# 1. Copies setup.py, pyproject.toml, csrc/, lmcache_ascend/ and tests/ to
+# 1. Copies setup.py, pyproject.toml, csrc/, lmcache_ascend/, testkit/ and tests/ to
 #    $ASAN_DIR (default build/asan/src; build/ is git-ignored) and builds
 #    lmcache_ascend._kvcore there with LMCACHE_ASCEND_SANITIZE=address
 #    (-O1 -g -fsanitize=address, see setup.py). The in-tree
@@ -26,7 +26,7 @@ ASAN_DIR="${ASAN_DIR:-$ROOT/build/asan/src}"
 CXX="${CXX:-g++}"
 DEFAULT_TESTS=(
   tests/kernels/test_slot_ops.py tests/kernels/test_single_layer_ops.py tests/kernels/test_block_ops.py
-  tests/kernels/test_memory_ops.py tests/kernels/test_bad_input.py tests/kernels/test_concurrency.py
+  tests/kernels/test_memory_ops.py tests/kernels/test_bad_input.py tests/kernels/test_concurrency.py tests/kernels/test_described.py
   tests/fuzz
 )
 
@@ -35,9 +35,9 @@ log() { printf '\033[1m[asan.sh]\033[0m %s\n' "$*" >&2; }
 copy_tree() {
   log "copying the sources to $ASAN_DIR"
   mkdir -p "$ASAN_DIR"
-  rm -rf "$ASAN_DIR/lmcache_ascend" "$ASAN_DIR/csrc" "$ASAN_DIR/tests"
+  rm -rf "$ASAN_DIR/lmcache_ascend" "$ASAN_DIR/csrc" "$ASAN_DIR/tests" "$ASAN_DIR/testkit"
   cp "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ASAN_DIR/"
-  cp -r "$ROOT/csrc" "$ROOT/tests" "$ASAN_DIR/"
+  cp -r "$ROOT/csrc" "$ROOT/tests" "$ROOT/testkit" "$ASAN_DIR/"
   # the package without any build output of the in-tree checkout
   tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_build_info.py' -cf - lmcache_ascend |
     tar -C "$ASAN_DIR" -xf -

@@ -15,6 +15,7 @@ from lmcache.lmcache_native import EngineKVFormat, TransferDirection
 
 from tests.fuzz.faults import BAD_DEVICES, BAD_DIRECTIONS, BAD_FORMATS, Fault, bad_count, bad_scalar, benign_value
 from tests.fuzz.oracle import Call
+from tests.kernels.reference import MLA_FORMATS
 
 
 def direction_faults(arg: str = "direction") -> list[Fault]:
@@ -52,7 +53,14 @@ def page_buffer_size_faults() -> list[Fault]:
             call.ctx["page_buffer_size_changed"] = True
             call.set("page_buffer_size", value, f"page_buffer_size {n} -> {value}", ("page_buffer_size", "block_size"))
 
-    return [bad_scalar("page_buffer_size", bad_count(1)), Fault("page-buffer-size-mismatch", mismatch, _tensor_form)]
+    def bad(draw: st.DrawFn, call: Call) -> None:
+        # LMCache's CUDA kernel ignores page_buffer_size for MLA, and 0 is accepted
+        # there when the paged tensors give the slot count (not from a pointer table).
+        minimum = 0 if call.ctx["fmt"] in MLA_FORMATS and _tensor_form(call) else 1
+        value = draw(bad_count(minimum))
+        call.set("page_buffer_size", value, f"page_buffer_size={value!r}", ("page_buffer_size",))
+
+    return [Fault("bad-page_buffer_size", bad), Fault("page-buffer-size-mismatch", mismatch, _tensor_form)]
 
 
 def block_size_faults() -> list[Fault]:
