@@ -197,7 +197,7 @@ def multi_layer_block_kv_transfer(
             # Host KV and object: addresses and numpy slot ids, no tensor views.
             host_slots = _host_slots(blocks, bs) if host_slots is None else host_slots
             ptr = obj.data_ptr() if isinstance(obj, torch.Tensor) else obj
-            dispatch.run_host(planes, paged, ptr, host_slots[span], obj_skip, direction)
+            dispatch.run_host(planes, paged.ptrs, ptr, host_slots[span], obj_skip, direction)
             continue
         if device_slots is None:
             slot_dev = dev if not paged.is_host else torch.device("cpu")

@@ -31,10 +31,8 @@ import numpy.typing as npt
 from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.core.tensor_desc import TensorDesc
-from lmcache_ascend.kernels import host
+from lmcache_ascend.kernels import dispatch
 from lmcache_ascend.kernels.validate import fail
-
-SLOT_ITEMSIZE = 8  # check_slot_values hands the core int64 slot ids
 
 
 def check_object(d: TensorDesc, shape: tuple[int, ...], dtype: str, name: str = "memory_obj") -> TensorDesc:
@@ -87,9 +85,8 @@ def run_multi_layer(
     """Every layer of the paged KV <-> ``obj`` ``[kv, L, T, H]`` (both checked by the caller)."""
     num_tokens = obj.shape[2]
     if num_tokens == 0 or skip_prefix >= num_tokens:
-        return
-    planes = multi_layer_plane_set(spec, geometry, num_tokens)
-    host.run_planes(planes.bind(buffer_ptrs, obj.ptr), slots.ctypes.data, SLOT_ITEMSIZE, num_tokens, skip_prefix, direction)
+        return  # no plane table to build
+    dispatch.run_host(multi_layer_plane_set(spec, geometry, num_tokens), buffer_ptrs, obj.ptr, slots, skip_prefix, direction)
 
 
 def run_single_layer(
@@ -104,7 +101,6 @@ def run_single_layer(
     """One layer (its buffers at ``layer_ptrs``) <-> ``obj`` ``[T, kv, H]`` / ``[T, H]`` (token-major)."""
     num_tokens = obj.shape[0] if token_major else obj.shape[-2]
     if num_tokens == 0:
-        return
+        return  # no plane table to build
     one_layer = dataclasses.replace(geometry, num_layers=1)
-    planes = single_layer_plane_set(spec, one_layer, num_tokens, token_major=token_major)
-    host.run_planes(planes.bind(layer_ptrs, obj.ptr), slots.ctypes.data, SLOT_ITEMSIZE, num_tokens, 0, direction)
+    dispatch.run_host(single_layer_plane_set(spec, one_layer, num_tokens, token_major=token_major), layer_ptrs, obj.ptr, slots, 0, direction)

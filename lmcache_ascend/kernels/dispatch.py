@@ -48,12 +48,15 @@ def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
     return use_host(on_host, f"the transfer touches device memory (paged on {paged.device}, object on {obj_device})")
 
 
-def run_host(planes: PlaneSet, paged: PagedBuffers, obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int) -> None:
-    """The host branch of :func:`run` for a checked object address and C-contiguous numpy slot ids."""
+def run_host(
+    planes: PlaneSet, buffer_ptrs: npt.NDArray[np.int64], obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int
+) -> None:
+    """The host branch of :func:`run` for checked paged buffer addresses (pointer-table order), a
+    checked object address and C-contiguous numpy slot ids; also the description front end's run."""
     num_tokens = len(slots)
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
         return
-    table = planes.bind(paged.ptrs, obj_ptr)
+    table = planes.bind(buffer_ptrs, obj_ptr)
     host.run_planes(table, slots.ctypes.data, slots.itemsize, num_tokens, skip_prefix, direction)
 
 
@@ -71,7 +74,7 @@ def run(
         return
     if host_backend(paged, obj.device):
         host_slots = slots if slots.device.type == "cpu" and slots.is_contiguous() else slots.cpu().contiguous()
-        run_host(planes, paged, obj.data_ptr(), host_slots.numpy(), skip_prefix, direction)
+        run_host(planes, paged.ptrs, obj.data_ptr(), host_slots.numpy(), skip_prefix, direction)
         return
     torch_path.run_planes(
         list(planes.paged),
