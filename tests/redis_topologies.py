@@ -211,6 +211,23 @@ class RedisSentinelSet:
     def replicate(self) -> None:
         assert redis_cli(self.primary_port(), "wait", "1", "5000").strip() == "1", "the replica is not in sync"
 
+    def describe(self) -> str:
+        """Each sentinel's primary and its flags, each live server's role and key count: what a
+        failed failover test reports."""
+        views = []
+        for s in self.sentinels:
+            try:
+                views.append(f"sentinel {s.port}: ip/port/flags " + " ".join(self._sentinel_field(s, f) for f in ("ip", "port", "flags")))
+            except (OSError, subprocess.SubprocessError) as e:
+                views.append(f"sentinel {s.port}: {e!r}")
+        for name, server in (("primary", self.primary), ("replica", self.replica)):
+            if not server.is_running():
+                views.append(f"{name} {server.port}: not running")
+                continue
+            role = next((line for line in redis_cli(server.port, "info", "replication").splitlines() if line.startswith("role:")), "?")  # type: ignore[arg-type]
+            views.append(f"{name} {server.port}: {role.strip()}, {redis_cli(server.port, 'dbsize').strip()} keys")  # type: ignore[arg-type]
+        return "; ".join(views)
+
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.primary]:
             server.stop()

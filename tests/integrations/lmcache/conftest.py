@@ -139,14 +139,15 @@ def disk_writes_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` every 50 ms; AssertionError naming ``what`` after ``timeout_s``."""
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition", detail: Callable[[], str] | None = None) -> None:
+    """Poll ``condition`` every 50 ms; AssertionError naming ``what`` after ``timeout_s``
+    (and, given ``detail``, what it reports then: the state a failure is read from)."""
     pause = threading.Event()
     for _ in range(int(timeout_s / 0.05)):
         if condition():
             return
         pause.wait(0.05)
-    raise AssertionError(f"{what} not reached in {timeout_s:.0f} s")
+    raise AssertionError(f"{what} not reached in {timeout_s:.0f} s" + (f"; {detail()}" if detail else ""))
 
 
 @pytest.fixture
