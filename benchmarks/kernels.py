@@ -302,28 +302,35 @@ def main(argv: list[str] | None = None) -> int:
     if plot:
         print(f"plot: {plot}")
 
-    head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
-    if a.json and head:
-        store, load = results[head]["store"], results[head]["load"]
-        # ours / memcpy of the same bytes, per format and direction.
-        vs_memcpy = {n: {d: r["vs_memcpy"] for d, r in per_dir.items()} for n, per_dir in results.items()}
-        print_json_last(
-            {
-                "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),
-                "vs_memcpy_by_format": vs_memcpy,
-                "format": head,
-                "memcpy_gbps": statistics.median([store["memcpy"], load["memcpy"]]),
-                "store_gbps": store["ours"],
-                "load_gbps": load["ours"],
-                "upstream_store_gbps": store["upstream"],
-                "upstream_load_gbps": load["upstream"],
-                "store_vs_memcpy": store["vs_memcpy"],
-                "load_vs_memcpy": load["vs_memcpy"],
-                "store_vs_upstream": store["ours"] / store["upstream"],
-                "load_vs_upstream": load["ours"] / load["upstream"],
-            }
-        )
+    if a.json:
+        print_json_last(_summary(results))
     return 0
+
+
+def _summary(results: dict[str, Rows]) -> dict[str, object]:
+    """The ``--json`` line: ours / memcpy of the same bytes per format and direction, their
+    minimum, and the headline format's figures when it was run (``--formats`` may leave it out)."""
+    vs_memcpy = {n: {d: r["vs_memcpy"] for d, r in per_dir.items()} for n, per_dir in results.items()}
+    out: dict[str, object] = {
+        "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),  # type: ignore[type-var]
+        "vs_memcpy_by_format": vs_memcpy,
+    }
+    head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
+    if head is None:
+        return out
+    store, load = results[head]["store"], results[head]["load"]
+    return out | {
+        "format": head,
+        "memcpy_gbps": statistics.median([store["memcpy"], load["memcpy"]]),
+        "store_gbps": store["ours"],
+        "load_gbps": load["ours"],
+        "upstream_store_gbps": store["upstream"],
+        "upstream_load_gbps": load["upstream"],
+        "store_vs_memcpy": store["vs_memcpy"],
+        "load_vs_memcpy": load["vs_memcpy"],
+        "store_vs_upstream": store["ours"] / store["upstream"],
+        "load_vs_upstream": load["ours"] / load["upstream"],
+    }
 
 
 if __name__ == "__main__":

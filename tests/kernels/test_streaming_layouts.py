@@ -101,3 +101,44 @@ def test_nz(streaming, merged: bool, direction: int, gen: torch.Generator) -> No
         ops.multi_layer_kv_transfer(o, c.arg("list"), slots, CPU, nb * bs, direction, NZ_FORMATS[merged], bs, 64, 2)
 
     check(cache, obj, run, lambda c, o: ref_nz_transfer(c, o, slots, direction, 2), True)
+
+
+def _block_run_slots(block_size: int) -> torch.Tensor:
+    """Whole blocks 3, 0, 5, 2 in that order, then tokens 5..11 of block 1, with three holes."""
+    whole = [torch.arange(b * block_size, (b + 1) * block_size) for b in (3, 0, 5, 2)]
+    slots = torch.cat([*whole, torch.arange(block_size + 5, block_size + 12)])
+    slots[[17, 40, 66]] = -1
+    return slots
+
+
+# Rows of 2 KiB (a block run of 32 KiB does not fit the store's L1 stage, as in serving).
+NZ_ROWS = {
+    "bf16-pieces64": (torch.bfloat16, 64, 0),
+    "bf16-pieces63": (torch.bfloat16, 63, 0),  # a line's second column missing at the row's end
+    "bf16-object-off-line": (torch.bfloat16, 64, 16),
+    "fp32-pieces32": (torch.float32, 32, 0),  # 64-byte pieces: whole lines already
+    "int8-pieces128": (torch.int8, 128, 0),  # 16-byte pieces: four columns per line
+    "int8-pieces126": (torch.int8, 126, 0),
+}
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS.values(), ids=DIRECTIONS.keys())
+@pytest.mark.parametrize("row", NZ_ROWS.values(), ids=NZ_ROWS.keys())
+def test_nz_block_runs(streaming, row: tuple[torch.dtype, int, int], direction: int, gen: torch.Generator) -> None:
+    """Runs of whole blocks, where the store gathers each object line from its 16- or
+    32-byte piece columns and streams it whole (and the load prefetches the next run's
+    rows); rows whose pieces do not fill their last line and an object off a line
+    boundary take the column-by-column path. Holes and a skipped prefix included."""
+    dtype, pieces, offset = row
+    nb, bs = 6, 16
+    cache = make_nz_cache(False, 2, nb, pieces, bs, dtype, gen)
+    slots = _block_run_slots(bs)
+    shape = (2, 2, slots.numel(), 16 * pieces)
+    pad = offset // dtype.itemsize
+    obj = random_tensor((math.prod(shape) + pad,), dtype, gen)[pad:].view(shape)
+    assert obj.data_ptr() % 64 == offset
+
+    def run(c, o: torch.Tensor) -> None:
+        ops.multi_layer_kv_transfer(o, c.arg("list"), slots, CPU, nb * bs, direction, NZ_FORMATS[False], bs, 16 * pieces, 3)
+
+    check(cache, obj, run, lambda c, o: ref_nz_transfer(c, o, slots, direction, 3), True)
