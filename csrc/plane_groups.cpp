@@ -3,11 +3,8 @@
 #include <algorithm>
 
 #include "piece_copy.h"
+#include "prefetch.h"
 #include "stream_copy.h"
-
-#if defined(__SSE2__)
-#include <xmmintrin.h>
-#endif
 
 namespace lmcache_ascend {
 
@@ -75,18 +72,6 @@ bool streams_whole_lines(const PieceView* views, int64_t count, const char* obj0
     if (views[k].piece % 64 != 0 || views[k].column % 64 != 0) return false;
   }
   return true;
-}
-
-// Starts loading [p, p + n) into L2. Prefetches never fault.
-inline void prefetch_bytes(const char* p, int64_t n) {
-#if defined(__SSE2__)
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(n);
-  for (uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; a < end; a += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
-  }
-#else
-  (void)p, (void)n;
-#endif
 }
 
 // Paged -> object, one run of consecutive slots of a block at a time: every

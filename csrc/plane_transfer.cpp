@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "plane_groups.h"
+#include "prefetch.h"
 #include "stream_copy.h"
 #include "thread_pool.h"
 
@@ -64,6 +65,30 @@ struct Copier {
   }
 };
 
+// Paged -> object for one block run of a plane whose heads lie head_stride
+// apart (vLLM CPU's [K | V] heads, 8 KiB apart in a block): head by head, so
+// the paged block is read as one sequential range per head instead of
+// num_heads interleaved ones; each head's whole-line pieces still go out with
+// streaming stores. Measured 1.15-1.6x the token-by-token order for stores;
+// loads keep that order (they read the object rows in address order, and the
+// head-by-head order measured no better). While a head is copied, the next
+// run's same head (at `later`, `ahead` tokens) is prefetched.
+void store_heads_by_column(const PlaneSpec& p, char* paged, char* obj, int64_t run,
+                           const char* later, int64_t ahead, const Copier& copy_bytes) {
+  const int64_t piece = p.head_bytes / p.parts;
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    if (later != nullptr) {
+      prefetch_bytes(later + h * p.head_stride, (ahead - 1) * p.token_stride + p.head_bytes);
+    }
+    for (int64_t u = 0; u < run; ++u) {
+      for (int64_t k = 0; k < p.parts; ++k) {
+        copy_bytes(paged + u * p.token_stride + h * p.head_stride + k * piece,
+                   obj + u * p.obj_token_stride + k * p.obj_part_stride + h * piece, piece);
+      }
+    }
+  }
+}
+
 // Copies tokens [begin, end) of one token-dense plane (runs of consecutive
 // slots inside one block are one memcpy) or one plane with split [K | V]
 // heads (parts > 1). Every other plane goes through plane_groups.cpp.
@@ -73,12 +98,20 @@ void copy_token_range(const PlaneSpec& p, const PlaneShape& s,
   char* const paged_base = reinterpret_cast<char*>(p.paged_base);
   char* const obj_base = reinterpret_cast<char*>(p.obj_base);
   const int64_t piece = p.head_bytes / p.parts;
-  for (SlotRun r = next_run(slots, begin, end, p.block_size); r.run > 0;
-       r = next_run(slots, r.t + r.run, end, p.block_size)) {
+  SlotRun after{};
+  for (SlotRun r = next_run(slots, begin, end, p.block_size); r.run > 0; r = after) {
+    after = next_run(slots, r.t + r.run, end, p.block_size);
     char* paged = paged_base + r.block * p.block_stride + r.offset * p.token_stride;
     char* obj = obj_base + r.t * p.obj_token_stride;
     if (s.tokens_dense) {
       copy_bytes(paged, obj, r.run * s.row_bytes);
+      continue;
+    }
+    if (copy_bytes.direction == Direction::kToObject) {
+      const char* later =
+          after.run > 0 ? paged_base + after.block * p.block_stride + after.offset * p.token_stride
+                        : nullptr;
+      store_heads_by_column(p, paged, obj, r.run, later, after.run, copy_bytes);
       continue;
     }
     for (int64_t u = 0; u < r.run; ++u, paged += p.token_stride, obj += p.obj_token_stride) {
