@@ -40,27 +40,27 @@ inline void copy_pieces_fixed(char* dst, int64_t dst_step, const char* src,
   }
 }
 
-// `count` tokens, each one destination cache line gathered from 64 / N piece
-// columns: token i's line at dst + i * dst_step takes piece j from
-// src + i * src_token_step + j * src_piece_step. The line's stores are issued
-// back to back and streamed, so it leaves the write-combining buffer whole: no
+// `count` destination cache lines, each gathered from 64 / N pieces of N
+// bytes: line i at dst + i * dst_step takes piece j from
+// src + i * src_step + j * piece_step. A line's stores are issued back to back
+// and streamed, so it leaves the write-combining buffer whole: no
 // read-for-ownership and no partial-line write (310P NZ's 32-byte pieces,
-// written one column at a time, land half a line each). dst and dst_step must
-// be 64-byte aligned; the caller checks (see plane_groups.cpp).
+// written one piece column at a time, land half a line each). dst and
+// dst_step must be 64-byte aligned; the callers check (plane_groups.cpp).
 template <int64_t N>
-inline void stream_piece_lines(char* dst, int64_t dst_step, const char* src,
-                               int64_t src_token_step, int64_t src_piece_step, int64_t count) {
+inline void stream_gathered_lines(char* dst, int64_t dst_step, const char* src, int64_t src_step,
+                                  int64_t piece_step, int64_t count) {
   static_assert(N % 16 == 0 && 64 % N == 0, "a line is a whole number of 16-byte pieces");
-  for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_token_step) {
+  for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
 #if defined(__SSE2__)
     for (int64_t j = 0; j < 64 / N; ++j) {
       for (int64_t b = 0; b < N; b += 16) {
-        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j * src_piece_step + b));
+        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j * piece_step + b));
         _mm_stream_si128(reinterpret_cast<__m128i*>(dst + j * N + b), v);
       }
     }
 #else
-    for (int64_t j = 0; j < 64 / N; ++j) std::memcpy(dst + j * N, src + j * src_piece_step, N);
+    for (int64_t j = 0; j < 64 / N; ++j) std::memcpy(dst + j * N, src + j * piece_step, N);
 #endif
   }
 }

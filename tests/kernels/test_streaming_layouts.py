@@ -104,10 +104,11 @@ def test_nz(streaming, merged: bool, direction: int, gen: torch.Generator) -> No
 
 
 def _block_run_slots(block_size: int) -> torch.Tensor:
-    """Whole blocks 3, 0, 5, 2 in that order, then tokens 5..11 of block 1, with three holes."""
+    """Whole blocks 3, 0, 5, 2 in that order, then tokens 5..11 of block 1, with holes that
+    leave runs of odd length from a line's start (block 5: 7 tokens) and runs starting mid-line."""
     whole = [torch.arange(b * block_size, (b + 1) * block_size) for b in (3, 0, 5, 2)]
     slots = torch.cat([*whole, torch.arange(block_size + 5, block_size + 12)])
-    slots[[17, 40, 66]] = -1
+    slots[[17, 39, 40, 66]] = -1
     return slots
 
 
@@ -126,9 +127,10 @@ NZ_ROWS = {
 @pytest.mark.parametrize("row", NZ_ROWS.values(), ids=NZ_ROWS.keys())
 def test_nz_block_runs(streaming, row: tuple[torch.dtype, int, int], direction: int, gen: torch.Generator) -> None:
     """Runs of whole blocks, where the store gathers each object line from its 16- or
-    32-byte piece columns and streams it whole (and the load prefetches the next run's
-    rows); rows whose pieces do not fill their last line and an object off a line
-    boundary take the column-by-column path. Holes and a skipped prefix included."""
+    32-byte piece columns and the load each paged line from the object rows of its tokens,
+    both streamed whole; rows whose pieces do not fill their last line, an object off a
+    line boundary (stores) and runs off a paged line or under one (loads) go column by
+    column. Holes and a skipped prefix included."""
     dtype, pieces, offset = row
     nb, bs = 6, 16
     cache = make_nz_cache(False, 2, nb, pieces, bs, dtype, gen)
