@@ -32,7 +32,7 @@ from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.core.tensor_desc import TensorDesc
 from lmcache_ascend.kernels import dispatch
-from lmcache_ascend.kernels.validate import fail
+from lmcache_ascend.kernels.validate import check_slot_range, fail
 
 
 def check_object(d: TensorDesc, shape: tuple[int, ...], dtype: str, name: str = "memory_obj") -> TensorDesc:
@@ -66,10 +66,7 @@ def check_slot_values(
     slots = slot_ids(values, name)
     if slots.shape[0] != num_tokens:
         fail(ValueError, name, f"has {slots.shape[0]} entries for {num_tokens} tokens")
-    live = slots[skip_prefix:]
-    if live.size and int(live.max()) >= num_slots:
-        bad = int(np.argmax(live >= num_slots)) + skip_prefix
-        fail(ValueError, f"{name}[{bad}]", f"= {int(slots[bad])} is outside the paged KV ({num_slots} slots)")
+    check_slot_range(slots, name, num_slots, skip_prefix)
     return slots
 
 

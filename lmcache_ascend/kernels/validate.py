@@ -7,7 +7,7 @@ before any byte is copied. Nothing that fails here can reach the C++ core.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -131,11 +131,17 @@ def check_slots(
     if t.numel() != num_tokens:
         fail(ValueError, name, f"has {t.numel()} entries for {num_tokens} tokens")
     # numpy reads a host tensor in place, several times cheaper than torch ops
-    live = t.numpy()[skip_prefix:] if t.device.type == "cpu" else t[skip_prefix:]
+    check_slot_range(t.numpy() if t.device.type == "cpu" else t, name, num_slots, skip_prefix)
+    return t
+
+
+def check_slot_range(slots: Any, name: str, num_slots: int, skip_prefix: int = 0) -> None:
+    """ValueError naming the first of ``slots[skip_prefix:]`` (a 1-D numpy array or tensor)
+    at or past ``num_slots``, as the host core words it."""
+    live = slots[skip_prefix:]
     if len(live) and int(live.max()) >= num_slots:
         bad = int((live >= num_slots).nonzero()[0][0]) + skip_prefix
-        fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside the paged buffer ({num_slots} slots)")
-    return t
+        fail(ValueError, f"{name}[{bad}]", f"= {int(slots[bad])} is outside the paged buffer ({num_slots} slots)")
 
 
 def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tensor:

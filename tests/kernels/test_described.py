@@ -10,7 +10,7 @@ import torch
 from lmcache_ascend.core.detection import detect_kv_layout
 from lmcache_ascend.core.kv_format import format_spec
 from lmcache_ascend.core.tensor_desc import describe
-from lmcache_ascend.kernels import described
+from lmcache_ascend.kernels import described, validate
 from tests.kernels.reference import D2H, H2D, Geom, assert_cache_equal, byte_equal, make_paged, object_shape, random_slots, random_tensor, ref_transfer
 
 GEOM = Geom(num_layers=3, num_blocks=6, block_size=16, num_heads=2, head_size=32)
@@ -70,8 +70,12 @@ def test_slot_checks_name_the_argument() -> None:
         described.check_slot_values(np.zeros(4, np.float32), "slot_mapping", 4, 10)
     with pytest.raises(ValueError, match="slot_mapping has 3 entries for 4 tokens"):
         described.check_slot_values(np.zeros(3, np.int64), "slot_mapping", 4, 10)
-    with pytest.raises(ValueError, match=r"slot_mapping\[2\] = 10 is outside the paged KV \(10 slots\)"):
+    with pytest.raises(ValueError, match=r"slot_mapping\[2\] = 10 is outside the paged buffer \(10 slots\)") as got:
         described.check_slot_values(np.array([0, -1, 10, 3]), "slot_mapping", 4, 10)
+    # The torch ops word it the same (one check serves both front ends).
+    with pytest.raises(ValueError) as torch_got:
+        validate.check_slots(torch.tensor([0, -1, 10, 3]), "slot_mapping", 4, 10)
+    assert str(torch_got.value) == str(got.value)
     # A skipped prefix is not checked; -1 means "leave this token alone"; int32 becomes int64.
     out = described.check_slot_values(np.array([99, -1, 9], np.int32), "slot_mapping", 3, 10, skip_prefix=1)
     assert out.dtype == np.int64 and out.flags.c_contiguous and out.tolist() == [99, -1, 9]

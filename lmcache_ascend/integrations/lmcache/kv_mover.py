@@ -5,7 +5,9 @@ core (chunk bounds and checks, LMCache's generators, streams, the engine's cache
 tokens) plus a *mover* it is built with. The mover knows the tensors:
 
 - ``backend`` / ``device``: the device the engine's KV lives on (streams come from it);
-- ``engine_kv(connector, kwargs)``: this call's engine KV, detected (and cached);
+- ``bind(connector, kwargs)``: this call's ``kwargs["kvcaches"]``, bound as the engine
+  family needs (the core picks them, or the last ones bound, and checks the layer count);
+- ``describe(connector, kvcaches)``: their detected description (cached);
 - ``slot_mapping`` / ``check_chunk_slots`` / ``object_tensor``: the call's slot ids and
   each chunk's memory-object tensor, checked before any byte moves;
 - ``move_chunk`` (all layers of one chunk) and ``move_layer`` (one layer of one chunk);
@@ -36,7 +38,9 @@ class KVMover(Protocol):
     backend: DeviceBackend
     device: Any
 
-    def engine_kv(self, connector: Any, kwargs: Mapping[str, Any]) -> Any: ...
+    def bind(self, connector: Any, kwargs: Mapping[str, Any]) -> Any: ...
+
+    def describe(self, connector: Any, kvcaches: Any) -> Any: ...
 
     def slot_mapping(self, slot_mapping: object) -> Any: ...
 
@@ -59,27 +63,15 @@ class TorchMover:
         self.backend: DeviceBackend = get_device(self.device)
         self._kv_cache = EngineKVCache(engine, layout_hints)
 
-    def engine_kv(self, connector: Any, kwargs: Mapping[str, Any]) -> EngineKV:
-        """The KV of this call: ``kwargs["kvcaches"]`` when given (else the last one bound).
+    def bind(self, connector: Any, kwargs: Mapping[str, Any]) -> Any:
+        """``kwargs["kvcaches"]`` through ``GPUConnectorInterface.initialize_kvcaches_ptr``,
+        as the views that call bound (checked first: LMCache's helper walks them)."""
+        check_structure(kwargs["kvcaches"])
+        connector.initialize_kvcaches_ptr(**kwargs)
+        return attempt_permute_to_contiguous_view(kwargs["kvcaches"])
 
-        LMCache's ``initialize_kvcaches_ptr`` rebinds ``connector.kvcaches`` on every call;
-        read back from there, a call running beside another with different buffers
-        (threads of one engine, the GIL released in the copies) could copy into the
-        other's KV.
-        """
-        kvcaches = kwargs.get("kvcaches")
-        if kvcaches is not None:
-            check_structure(kvcaches)  # before LMCache's own helper walks it
-            connector.initialize_kvcaches_ptr(**kwargs)  # GPUConnectorInterface's
-            kvcaches = attempt_permute_to_contiguous_view(kvcaches)  # what that call bound
-        else:
-            kvcaches = connector.kvcaches
-        if kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
-        kv = self._kv_cache.get(kvcaches)
-        if kv.num_layers != connector.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {connector.num_layers}")
-        return kv
+    def describe(self, connector: Any, kvcaches: Any) -> EngineKV:
+        return self._kv_cache.get(kvcaches)
 
     def slot_mapping(self, slot_mapping: object) -> torch.Tensor:
         return checks.slot_tensor(slot_mapping)
@@ -146,4 +138,20 @@ class ConnectorCore:
         return {}
 
     def _engine_kv(self, kwargs: Mapping[str, Any]) -> Any:
-        return self._mover.engine_kv(self, kwargs)
+        """The KV of this call: ``kwargs["kvcaches"]`` when given (else the last one bound).
+
+        LMCache's ``initialize_kvcaches_ptr`` rebinds ``self.kvcaches`` on every call;
+        read back from there, a call running beside another with different buffers
+        (threads of one engine, the GIL released in the copies) could copy into the
+        other's KV.
+        """
+        if kwargs.get("kvcaches") is not None:
+            kvcaches = self._mover.bind(self, kwargs)
+        else:
+            kvcaches = self.kvcaches
+        if kvcaches is None:
+            raise ValueError("'kvcaches' should be provided in kwargs")
+        kv = self._mover.describe(self, kvcaches)
+        if kv.num_layers != self.num_layers:
+            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {self.num_layers}")
+        return kv

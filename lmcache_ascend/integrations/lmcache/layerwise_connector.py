@@ -64,17 +64,18 @@ class LayerwiseKVConnector(ConnectorCore, VLLMPagedMemLayerwiseGPUConnector):
             return torch.Size([num_tokens, self.hidden_dim_size])
         return torch.Size([num_tokens, 2, self.hidden_dim_size])
 
-    def _chunks(self, kv: EngineKV, kwargs: Mapping[str, Any], starts: object, ends: object, load: bool) -> tuple[list[torch.Tensor], bool]:
-        """Every chunk's slots, checked; on load the engine's cached tokens are -1."""
-        slot_mapping = checks.slot_tensor(require_kwarg(kwargs, "slot_mapping"))
+    def _chunks(self, kv: EngineKV, kwargs: Mapping[str, Any], starts: object, ends: object, load: bool) -> tuple[list[Any], bool]:
+        """Every chunk's slots (the mover's kind of array), checked; on load the engine's
+        cached tokens are -1."""
+        slot_mapping = self._mover.slot_mapping(require_kwarg(kwargs, "slot_mapping"))
         sync = bool(require_kwarg(kwargs, "sync"))
         count = len(checks.sequence(starts, "starts"))
-        bounds = checks.chunk_bounds(starts, ends, count, slot_mapping.numel())
-        checks.check_chunk_slots(slot_mapping, bounds, kv.num_slots)
+        bounds = checks.chunk_bounds(starts, ends, count, len(slot_mapping))
+        self._mover.check_chunk_slots(slot_mapping, bounds, kv.num_slots)
         cached = checks.cached_tokens(kwargs) if load else 0
         return [self._mover.skip_cached(slot_mapping[lo:hi], lo, cached) for lo, hi in bounds], sync
 
-    def _layer_tensors(self, kv: EngineKV, objs: object, chunks: list[torch.Tensor], layer: int, load: bool) -> list[torch.Tensor]:
+    def _layer_tensors(self, kv: EngineKV, objs: object, chunks: list[Any], layer: int, load: bool) -> list[torch.Tensor]:
         """The tensors of one layer's objects, all checked before any is used."""
         name = f"memory_objs[{layer}]"
         if not isinstance(objs, (list, tuple)) or len(objs) != len(chunks):

@@ -49,31 +49,24 @@ class MindSporeMover:
 
     def __init__(self, engine_device: Any) -> None:
         # ``engine_device`` is the engine's device string ("cpu", "npu", ...). The KV's
-        # own tensors say where it lives; only host KV is moved (engine_kv).
+        # own tensors say where it lives; only host KV is moved (describe).
         self.engine_device = str(engine_device)
         self.device = "cpu"
         self.backend = MindSporeBackend()
         self._kv_cache = MindSporeKVCache()
 
-    def engine_kv(self, connector: Any, kwargs: Mapping[str, Any]) -> MindSporeKV:
+    def bind(self, connector: Any, kwargs: Mapping[str, Any]) -> Any:
         # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
         # fix-up recurses without end into MindSpore tensors (they iterate as
         # tensors). Permuted views are handled by our own detection instead.
-        # This call's own buffers, not read back from connector.kvcaches, which a call
-        # on another thread may rebind meanwhile.
-        kvcaches = kwargs.get("kvcaches")
-        if kvcaches is not None:
-            connector.kvcaches = kvcaches
-        else:
-            kvcaches = connector.kvcaches
-        if kvcaches is None:
-            raise ValueError("'kvcaches' should be provided in kwargs")
+        connector.kvcaches = kwargs["kvcaches"]
+        return connector.kvcaches
+
+    def describe(self, connector: Any, kvcaches: Any) -> MindSporeKV:
         # The engine's kernels that wrote (store) or will read (load) this KV are
         # ordered by MindSpore; copies through raw pointers are not, so wait first.
         self.backend.synchronize()
         kv = self._kv_cache.get(kvcaches)
-        if kv.num_layers != connector.num_layers:
-            raise ValueError(f"kvcaches holds {kv.num_layers} layers, LMCache metadata {connector.num_layers}")
         if kv.use_mla != connector.use_mla:
             raise ValueError(f"kvcaches is {'MLA' if kv.use_mla else '(K, V)'} but LMCache metadata says use_mla={connector.use_mla}")
         if kv.hidden_dim != connector.hidden_dim_size:

@@ -18,7 +18,7 @@ import torch
 from lmcache_ascend.integrations.lmcache import plugin
 from lmcache_ascend.integrations.lmcache.disk_index import SHAPE_SUFFIX
 from tests.integrations.lmcache.conftest import CPU_HND, CacheMaker, EngineFactory, SlotPair, paged_engine, zero_cache
-from tests.integrations.lmcache.test_disk_index import MODEL, chunk_files, disk_backend, slots_pair, store_and_flush  # noqa: F401
+from tests.integrations.lmcache.test_disk_index import MODEL, chunk_files, disk_backend, slots_pair, store_and_flush, wait_for  # noqa: F401
 from tests.integrations.lmcache.test_engine_integration import CHUNK, GEOM, moved, tokens_of
 from tests.kernels.reference import assert_cache_equal
 
@@ -36,7 +36,11 @@ def stored_with_tail(engines: EngineFactory, path: Path, cache: Any, slots: torc
     tokens = tokens_of(TOKENS)
     store_and_flush(engine, tokens, cache, slots, expected_keys=3)
     tail_key = [key for _, _, key in engine.token_database.process_tokens(tokens)][-1]
-    return engine, Path(disk_backend(engine)._key_to_path(tail_key))
+    tail = Path(disk_backend(engine)._key_to_path(tail_key))
+    # The sidecar is written right after the chunk file, which LMCache indexes first.
+    sidecar = Path(str(tail) + SHAPE_SUFFIX)
+    wait_for(sidecar.exists, f"the tail's sidecar {sidecar.name}")
+    return engine, tail
 
 
 def restarted(engines: EngineFactory, engine: Any, path: Path) -> Any:
