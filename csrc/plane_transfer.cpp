@@ -70,8 +70,8 @@ struct Copier {
 // the paged block is read as one sequential range per head instead of
 // num_heads interleaved ones; each head's whole-line pieces still go out with
 // streaming stores. Measured 1.15-1.6x the token-by-token order for stores;
-// loads keep that order (they read the object rows in address order, and the
-// head-by-head order measured no better). While a head is copied, the next
+// loads keep that order (they read the object rows in address order; head by
+// head measured 13-14 GB/s against 17-23). While a head is copied, the next
 // run's same head (at `later`, `ahead` tokens) is prefetched.
 void store_heads_by_column(const PlaneSpec& p, char* paged, char* obj, int64_t run,
                            const char* later, int64_t ahead, const Copier& copy_bytes) {
