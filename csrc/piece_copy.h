@@ -65,6 +65,17 @@ inline void stream_gathered_lines(char* dst, int64_t dst_step, const char* src, 
   }
 }
 
+// stream_gathered_lines<N> for a piece size known only at run time: 16 or 32
+// bytes (the callers check, as streams_piece_lines / loads_piece_lines do).
+inline void stream_gathered_lines(int64_t piece, char* dst, int64_t dst_step, const char* src,
+                                  int64_t src_step, int64_t piece_step, int64_t count) {
+  if (piece == 16) {
+    stream_gathered_lines<16>(dst, dst_step, src, src_step, piece_step, count);
+  } else {
+    stream_gathered_lines<32>(dst, dst_step, src, src_step, piece_step, count);
+  }
+}
+
 inline void copy_pieces_any(char* dst, int64_t dst_step, const char* src,
                             int64_t src_step, int64_t count, int64_t n, bool nt) {
   for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {

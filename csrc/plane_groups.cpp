@@ -119,11 +119,7 @@ void store_piece_lines(const PieceView& v, char* rows, int64_t obj_stride, const
     }
     char* dst = rows + v.column + h * v.piece;
     const char* from = src + h * v.step;
-    if (v.piece == 16) {
-      stream_gathered_lines<16>(dst, obj_stride, from, v.token_stride, v.step, run);
-    } else {
-      stream_gathered_lines<32>(dst, obj_stride, from, v.token_stride, v.step, run);
-    }
+    stream_gathered_lines(v.piece, dst, obj_stride, from, v.token_stride, v.step, run);
   }
 }
 
@@ -191,11 +187,7 @@ int64_t load_piece_lines(const PieceView& v, char* dst, const char* rows, int64_
   for (int64_t u = 0; u < whole; u += per_line) {
     char* line = dst + u * v.token_stride;
     const char* from = rows + u * obj_stride + v.column;
-    if (v.piece == 16) {
-      stream_gathered_lines<16>(line, v.step, from, v.piece, obj_stride, v.pieces);
-    } else {
-      stream_gathered_lines<32>(line, v.step, from, v.piece, obj_stride, v.pieces);
-    }
+    stream_gathered_lines(v.piece, line, v.step, from, v.piece, obj_stride, v.pieces);
   }
   return whole;
 }

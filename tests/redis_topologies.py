@@ -194,9 +194,13 @@ class RedisSentinelSet:
         _wait("sentinels that see each other", lambda: all(self._sentinel_field(s, "num-other-sentinels") == "2" for s in self.sentinels))
         return self
 
-    def _sentinel_field(self, sentinel: SentinelNode, field: str) -> str:
+    def _sentinel_fields(self, sentinel: SentinelNode, *fields: str) -> list[str]:
+        """``fields`` of the sentinel's ``SENTINEL MASTER`` reply (one query; "" for a missing one)."""
         lines = redis_cli(sentinel.port, "sentinel", "master", SERVICE).split()  # type: ignore[arg-type]
-        return lines[lines.index(field) + 1] if field in lines else ""
+        return [lines[lines.index(f) + 1] if f in lines else "" for f in fields]
+
+    def _sentinel_field(self, sentinel: SentinelNode, field: str) -> str:
+        return self._sentinel_fields(sentinel, field)[0]
 
     def primary_port(self) -> int:
         """The port the sentinels name as primary now."""
@@ -217,7 +221,7 @@ class RedisSentinelSet:
         views = []
         for s in self.sentinels:
             try:
-                views.append(f"sentinel {s.port}: ip/port/flags " + " ".join(self._sentinel_field(s, f) for f in ("ip", "port", "flags")))
+                views.append(f"sentinel {s.port}: ip/port/flags " + " ".join(self._sentinel_fields(s, "ip", "port", "flags")))
             except (OSError, subprocess.SubprocessError) as e:
                 views.append(f"sentinel {s.port}: {e!r}")
         for name, server in (("primary", self.primary), ("replica", self.replica)):
