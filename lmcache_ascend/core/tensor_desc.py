@@ -81,7 +81,9 @@ class TensorDesc:
 
     @property
     def is_contiguous(self) -> bool:
-        return self.strides == contiguous_strides(self.shape)
+        """Dense in row-major order, as torch's ``is_contiguous()`` decides: the
+        stride of a dimension of size 1 is never used, and an empty view is dense."""
+        return is_row_major(self.shape, self.strides)
 
     def span_bytes(self) -> int:
         """Bytes from ``ptr`` to one past the last element the view can reach."""
@@ -98,6 +100,18 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= max(n, 1)
     return tuple(reversed(strides))
+
+
+def is_row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether ``strides`` address ``shape`` densely in row-major order (see ``is_contiguous``)."""
+    if 0 in shape:
+        return True
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
 
 
 def describe(tensor: Any) -> TensorDesc:
@@ -122,14 +136,15 @@ def describe(tensor: Any) -> TensorDesc:
 
 
 def _from_torch(t: Any) -> TensorDesc:
-    dtype = str(t.dtype).removeprefix("torch.")
-    device = "cpu" if t.device.type == "cpu" else f"{t.device.type}:{t.device.index or 0}"
+    # Every torch op describes its tensors on each call: read torch's own
+    # tuples and ints as they are (shape, strides and sizes are ints already).
+    device = "cpu" if t.is_cpu else f"{t.device.type}:{t.device.index or 0}"
     return TensorDesc(
-        ptr=int(t.data_ptr()),
-        shape=tuple(int(n) for n in t.shape),
-        strides=tuple(int(s) for s in t.stride()),
-        dtype=dtype,
-        itemsize=int(t.element_size()),
+        ptr=t.data_ptr(),
+        shape=tuple(t.shape),
+        strides=t.stride(),
+        dtype=str(t.dtype)[6:],  # "torch.bfloat16" -> "bfloat16"
+        itemsize=t.element_size(),
         device=device,
     )
 

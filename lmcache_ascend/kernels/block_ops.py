@@ -33,17 +33,10 @@ import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set
-from lmcache_ascend.kernels import dispatch, torch_path
+from lmcache_ascend.kernels import dispatch, torch_path, torch_run
 from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers, tuple_geometry
-from lmcache_ascend.kernels.validate import (
-    check_block_ids,
-    check_device,
-    check_direction,
-    check_format,
-    check_int,
-    check_tensor,
-    fail,
-)
+from lmcache_ascend.kernels.torch_edge import check_block_ids, check_device, check_tensor
+from lmcache_ascend.kernels.validate import check_direction, check_format, check_int, fail
 
 _DESC_FIELDS = ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems")
 _MISSING = object()
@@ -193,7 +186,7 @@ def multi_layer_block_kv_transfer(
         first_block = i * per_object
         span = slice(first_block * bs, (first_block + per_object) * bs)
         obj_skip = min(max(skip - first_block, 0), per_object) * bs
-        if dispatch.host_backend(paged, obj.device if isinstance(obj, torch.Tensor) else dev):
+        if torch_run.host_backend(paged, obj.device if isinstance(obj, torch.Tensor) else dev):
             # Host KV and object: addresses and numpy slot ids, no tensor views.
             host_slots = _host_slots(blocks, bs) if host_slots is None else host_slots
             ptr = obj.data_ptr() if isinstance(obj, torch.Tensor) else obj
@@ -202,4 +195,4 @@ def multi_layer_block_kv_transfer(
         if device_slots is None:
             slot_dev = dev if not paged.is_host else torch.device("cpu")
             device_slots = (blocks.to(slot_dev, torch.int64)[:, None] * bs + torch.arange(bs, device=slot_dev)).reshape(-1)
-        dispatch.run(planes, paged, _object_view(obj, nbytes, dev), device_slots[span], obj_skip, direction)
+        torch_run.run(planes, paged, _object_view(obj, nbytes, dev), device_slots[span], obj_skip, direction)

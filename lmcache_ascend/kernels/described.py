@@ -1,18 +1,20 @@
 """The host op front end over descriptions (``core.TensorDesc``), for tensors that are not torch's.
 
-The torch ops (``slot_ops``, ``block_ops``) validate torch tensors and run on
-the host core or the device-generic torch path. Front ends whose tensors are
-another framework's (MindSpore, ``integrations/mindspore/transfer.py``) describe
-them (:func:`lmcache_ascend.core.tensor_desc.describe`) and come here: the same
-checks, the same plane tables (``core.planes``) and the same host core, so their
-memory objects are byte for byte the torch ops'.
+The torch ops (``slot_ops``, ``block_ops``) describe their tensors at the
+torch edge (``torch_edge``) and run on the host core or the device-generic torch
+executor. Front ends whose tensors are another framework's (MindSpore,
+``integrations/mindspore/transfer.py``) describe them
+(:func:`lmcache_ascend.core.tensor_desc.describe`) and come here: the same
+checks over descriptions (``validate``), the same plane tables
+(``core.planes``) and the same host core, so their memory objects are byte for
+byte the torch ops'. This module imports no tensor framework.
 
 - :func:`check_object`: a memory object description of ``shape`` and ``dtype``,
   dense, in host memory.
 - :func:`slot_ids`: slot ids as a dense 1-D int64 host array;
 - :func:`check_slot_values`: the same, of
   ``num_tokens`` entries, every live one (after ``skip_prefix``, not negative)
-  below ``num_slots``.
+  below ``num_slots`` (both from ``validate``, re-exported for the front ends).
 - :func:`run_multi_layer` / :func:`run_single_layer`: every layer of, or one
   layer of, a paged KV given by its geometry and buffer addresses <-> a checked
   object, in direction ``H2D`` (object -> paged) or ``D2H``.
@@ -32,42 +34,14 @@ from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
 from lmcache_ascend.core.tensor_desc import TensorDesc
 from lmcache_ascend.kernels import dispatch
-from lmcache_ascend.kernels.validate import check_slot_range, fail
+from lmcache_ascend.kernels.validate import check_desc, check_slot_values, slot_ids
+
+__all__ = ["check_object", "check_slot_values", "run_multi_layer", "run_single_layer", "slot_ids"]
 
 
 def check_object(d: TensorDesc, shape: tuple[int, ...], dtype: str, name: str = "memory_obj") -> TensorDesc:
     """``d`` after checking it is a dense host object of ``shape`` and ``dtype``."""
-    if d.shape != shape:
-        fail(ValueError, name, f"has shape {list(d.shape)}, expected {list(shape)}")
-    if d.dtype != dtype:
-        fail(TypeError, name, f"has dtype {d.dtype}, the paged KV {dtype}")
-    if not d.is_host:
-        fail(ValueError, name, f"is on {d.device}; it must be in host memory")
-    if not d.is_contiguous:
-        fail(ValueError, name, f"must be contiguous (shape {list(d.shape)}, strides {list(d.strides)})")
-    return d
-
-
-def slot_ids(values: npt.NDArray[np.generic], name: str, copy: bool = False) -> npt.NDArray[np.int64]:
-    """``values`` (1-D, integer) as a dense int64 host array; a private copy with ``copy``."""
-    if values.ndim != 1:
-        fail(ValueError, name, f"must be 1-D, got shape {list(values.shape)}")
-    if values.dtype.kind not in "iu" and values.size:
-        fail(TypeError, name, f"must hold integer slot ids, got {values.dtype}")
-    if copy:
-        return np.array(values, dtype=np.int64, order="C", copy=True)
-    return np.ascontiguousarray(values, dtype=np.int64)
-
-
-def check_slot_values(
-    values: npt.NDArray[np.generic], name: str, num_tokens: int, num_slots: int, skip_prefix: int = 0
-) -> npt.NDArray[np.int64]:
-    """``values`` as dense int64 host slot ids (see the module docstring)."""
-    slots = slot_ids(values, name)
-    if slots.shape[0] != num_tokens:
-        fail(ValueError, name, f"has {slots.shape[0]} entries for {num_tokens} tokens")
-    check_slot_range(slots, name, num_slots, skip_prefix)
-    return slots
+    return check_desc(d, name, shape=shape, dtype=dtype, device="cpu")
 
 
 def run_multi_layer(

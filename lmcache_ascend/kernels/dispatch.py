@@ -1,4 +1,8 @@
-"""Backend choice and execution of one plane transfer.
+"""Backend choice, and the host core's run of one plane transfer.
+
+Framework-free: the torch edge (``torch_edge.run``) and the description front
+end (``described``) both decide and run here; only the torch edge has a
+device-generic executor to fall back on.
 
 ``$LMCACHE_ASCEND_KERNEL_BACKEND`` selects the backend:
 
@@ -16,11 +20,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from lmcache_ascend.core.planes import PlaneSet
-from lmcache_ascend.kernels import host, torch_path
-from lmcache_ascend.kernels.paged import PagedBuffers
+from lmcache_ascend.kernels import host
 
 BACKEND_ENV = "LMCACHE_ASCEND_KERNEL_BACKEND"
 BACKENDS = ("auto", "host", "torch")
@@ -42,16 +44,10 @@ def use_host(on_host: bool, device_memory: str) -> bool:
     return on_host and setting != "torch"
 
 
-def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
-    """Whether a transfer between ``paged`` and an object on ``obj_device`` runs on the C++ core."""
-    on_host = paged.is_host and obj_device.type == "cpu"
-    return use_host(on_host, f"the transfer touches device memory (paged on {paged.device}, object on {obj_device})")
-
-
 def run_host(
     planes: PlaneSet, buffer_ptrs: npt.NDArray[np.int64], obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int
 ) -> None:
-    """The host branch of :func:`run` for checked paged buffer addresses (pointer-table order), a
+    """The host branch of ``torch_edge.run`` for checked paged buffer addresses (pointer-table order), a
     checked object address and C-contiguous numpy slot ids; also the description front end's run."""
     num_tokens = len(slots)
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
@@ -59,29 +55,3 @@ def run_host(
     table = planes.bind(buffer_ptrs, obj_ptr)
     host.run_planes(table, slots.ctypes.data, slots.itemsize, num_tokens, skip_prefix, direction)
 
-
-def run(
-    planes: PlaneSet,
-    paged: PagedBuffers,
-    obj: torch.Tensor,
-    slots: torch.Tensor,
-    skip_prefix: int,
-    direction: int,
-) -> None:
-    """Copy ``slots`` tokens along the planes (see ``core/planes.py``)."""
-    num_tokens = slots.numel()
-    if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
-        return
-    if host_backend(paged, obj.device):
-        host_slots = slots if slots.device.type == "cpu" and slots.is_contiguous() else slots.cpu().contiguous()
-        run_host(planes, paged.ptrs, obj.data_ptr(), host_slots.numpy(), skip_prefix, direction)
-        return
-    torch_path.run_planes(
-        list(planes.paged),
-        paged.byte_tensors(),
-        list(planes.objects),
-        torch_path.byte_view(obj),
-        slots,
-        skip_prefix,
-        direction,
-    )

@@ -27,7 +27,8 @@ import torch
 from lmcache_ascend.core.kv_groups import ChunkLayout
 from lmcache_ascend.kernels.slot_ops import multi_layer_kv_transfer
 from lmcache_ascend.kernels.torch_path import byte_view
-from lmcache_ascend.kernels.validate import check_direction, check_tensor, fail
+from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.validate import check_direction, fail
 
 
 def transfer_chunk(

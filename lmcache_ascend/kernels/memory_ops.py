@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from lmcache_ascend.kernels import host, torch_path
-from lmcache_ascend.kernels.validate import D2H, check_direction, check_int, check_tensor, fail
+from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.validate import D2H, check_direction, check_int, fail
 
 _HUGE_PAGE = 2 << 20
 

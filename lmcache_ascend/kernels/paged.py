@@ -25,7 +25,8 @@ from lmcache_ascend.core.planes import KVGeometry, buffer_bytes, buffer_count, b
 from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
 from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides
 from lmcache_ascend.kernels import torch_path
-from lmcache_ascend.kernels.validate import check_tensor, fail
+from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.validate import fail
 
 
 @dataclass

@@ -20,18 +20,21 @@ rounding per stored element). Host tensors go to the C++ core
 (``csrc/rope.cpp``), others to a device-generic torch path; both give the same
 bits as LMCache's baseline. ``LMCACHE_ASCEND_KERNEL_BACKEND`` applies as for
 the transfer ops. Bad arguments raise ``TypeError`` / ``ValueError`` naming the
-argument before anything is written.
+argument before anything is written: tensors are judged by their descriptions
+(``torch_edge.check_tensor``, ``core.TensorDesc``), as the transfer ops' are.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lmcache_ascend.core.tensor_desc import describe
 from lmcache_ascend.kernels.dispatch import use_host
-from lmcache_ascend.kernels.validate import check_int, fail
+from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_int, fail
 
 _FLOAT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_POSITION_DTYPES = (torch.int32, torch.int64)
+_FLOAT_NAMES = ("float32", "float16", "bfloat16")
 
 
 def rotary_embedding_k_fused(old_positions: object, new_positions: object, key: object, head_size: object, cos_sin_cache: object, is_neox: object) -> None:
@@ -70,49 +73,50 @@ def _rotate(old: object, new: object, key: object, head_size: object, head_strid
 
 
 def _check_key(key: object) -> torch.Tensor:
-    if not isinstance(key, torch.Tensor):
-        fail(TypeError, "key", f"must be a torch.Tensor, got {type(key).__name__}")
-    if key.dtype not in _FLOAT_KINDS:
-        fail(TypeError, "key", f"dtype must be float32, float16 or bfloat16, got {key.dtype}")
-    if key.dim() < 3:
-        fail(ValueError, "key", f"must be [..., tokens, heads, head] (3+ dims), got shape {tuple(key.shape)}")
-    if key.shape[-1] > 1 and key.stride(-1) != 1:
+    t = check_tensor(key, "key", dense=False)
+    d = describe(t)
+    if d.dtype not in _FLOAT_NAMES:
+        fail(TypeError, "key", f"dtype must be float32, float16 or bfloat16, got {t.dtype}")
+    if d.ndim < 3:
+        fail(ValueError, "key", f"must be [..., tokens, heads, head] (3+ dims), got shape {d.shape}")
+    if d.shape[-1] > 1 and d.strides[-1] != 1:
         fail(ValueError, "key", "last dim must be contiguous (it is rotated in place)")
     try:
-        return key.view(-1, key.shape[-2], key.shape[-1])
+        return t.view(-1, d.shape[-2], d.shape[-1])
     except RuntimeError:
         fail(ValueError, "key", "leading dims must be viewable as one token dim (it is rotated in place)")
 
 
 def _check_table(table: object, device: torch.device, head_size: int) -> torch.Tensor:
-    if not isinstance(table, torch.Tensor):
-        fail(TypeError, "cos_sin_cache", f"must be a torch.Tensor, got {type(table).__name__}")
-    if table.dtype not in _FLOAT_KINDS:
-        fail(TypeError, "cos_sin_cache", f"dtype must be float32, float16 or bfloat16, got {table.dtype}")
-    if table.dim() != 2 or table.shape[0] < 1:
-        fail(ValueError, "cos_sin_cache", f"must be [max_position, rot_dim], got shape {tuple(table.shape)}")
-    rot_dim = table.shape[1]
+    t = check_tensor(table, "cos_sin_cache", dense=False)
+    d = describe(t)
+    if d.dtype not in _FLOAT_NAMES:
+        fail(TypeError, "cos_sin_cache", f"dtype must be float32, float16 or bfloat16, got {t.dtype}")
+    if d.ndim != 2 or d.shape[0] < 1:
+        fail(ValueError, "cos_sin_cache", f"must be [max_position, rot_dim], got shape {d.shape}")
+    rot_dim = d.shape[1]
     if rot_dim < 2 or rot_dim % 2 or rot_dim > head_size:
         fail(ValueError, "cos_sin_cache", f"rot_dim {rot_dim} must be even, >= 2 and <= head_size {head_size}")
-    if table.device != device:
-        fail(ValueError, "cos_sin_cache", f"is on {table.device}, key on {device}")
-    return table
+    if t.device != device:
+        fail(ValueError, "cos_sin_cache", f"is on {t.device}, key on {device}")
+    return t
 
 
 def _check_positions(pos: object, name: str, num_tokens: int, device: torch.device, rows: int) -> torch.Tensor:
-    if not isinstance(pos, torch.Tensor):
-        fail(TypeError, name, f"must be a torch.Tensor, got {type(pos).__name__}")
-    if pos.dtype not in _POSITION_DTYPES:
-        fail(TypeError, name, f"dtype must be int32 or int64, got {pos.dtype}")
-    if pos.dim() != 1 or pos.numel() != num_tokens:
-        fail(ValueError, name, f"must be 1-D with one entry per key token ({num_tokens}), got shape {tuple(pos.shape)}")
-    if pos.device != device:
-        fail(ValueError, name, f"is on {pos.device}, key on {device}")
+    t = check_tensor(pos, name, dense=False)
+    d = describe(t)
+    if d.dtype not in SLOT_DTYPES:
+        fail(TypeError, name, f"dtype must be int32 or int64, got {t.dtype}")
+    if d.ndim != 1 or d.numel != num_tokens:
+        fail(ValueError, name, f"must be 1-D with one entry per key token ({num_tokens}), got shape {d.shape}")
+    if t.device != device:
+        fail(ValueError, name, f"is on {t.device}, key on {device}")
     if num_tokens:
-        low, high = int(pos.min()), int(pos.max())
+        values = t.numpy() if t.is_cpu else t  # numpy reads a host tensor in place
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= rows:
             fail(ValueError, name, f"values must lie in [0, {rows}) (cos_sin_cache rows), got [{low}, {high}]")
-    return pos
+    return t
 
 
 def _use_host(*tensors: torch.Tensor) -> bool:

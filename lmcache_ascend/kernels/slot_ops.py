@@ -40,20 +40,11 @@ import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec, KVFormat, format_spec
 from lmcache_ascend.core.planes import KVGeometry, multi_layer_plane_set, single_layer_plane_set
-from lmcache_ascend.kernels import dispatch
+from lmcache_ascend.kernels import torch_run
 from lmcache_ascend.kernels.geometry import block_size_matters, slot_geometry, tensor_geometry
 from lmcache_ascend.kernels.paged import engine_tensor, first_plane_tuple, resolve_buffers, tuple_geometry
-from lmcache_ascend.kernels.validate import (
-    H2D,
-    D2H,
-    check_device,
-    check_direction,
-    check_format,
-    check_int,
-    check_slots,
-    check_tensor,
-    fail,
-)
+from lmcache_ascend.kernels.torch_edge import check_device, check_slots, check_tensor
+from lmcache_ascend.kernels.validate import H2D, D2H, check_direction, check_format, check_int, fail
 
 
 def multi_layer_kv_transfer(
@@ -100,7 +91,7 @@ def multi_layer_kv_transfer(
     paged = resolve_buffers(key_value_ptrs, spec, geometry, device, kv.dtype, "key_value_ptrs")
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, geometry.num_slots, skip)
     planes = multi_layer_plane_set(spec, geometry, num_tokens, fused)
-    dispatch.run(planes, paged, kv, slots, skip, direction)
+    torch_run.run(planes, paged, kv, slots, skip, direction)
 
 
 def _geometry_from_tensors(spec: FormatSpec, first: torch.Tensor, **scalars: int) -> tuple[KVGeometry, bool]:
@@ -225,7 +216,7 @@ def _single_layer(spec: FormatSpec, g: KVGeometry, buffers: list[object], name: 
     paged = resolve_buffers(buffers, spec, g, device, obj.dtype, name)
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, g.num_slots)
     planes = single_layer_plane_set(spec, g, num_tokens, token_major)
-    dispatch.run(planes, paged, obj, slots, 0, direction)
+    torch_run.run(planes, paged, obj, slots, 0, direction)
 
 
 def _flash(key_value: object, key_cache: object, value_cache: object, slot_mapping: object, layer_idx: object, direction: int) -> None:
@@ -245,7 +236,7 @@ def _flash(key_value: object, key_cache: object, value_cache: object, slot_mappi
     paged = resolve_buffers([key_cache, value_cache], spec, g, k.device, kv.dtype, "key_cache")
     slots = check_slots(slot_mapping, "slot_mapping", num_tokens, g.num_slots)
     planes = multi_layer_plane_set(spec, g, num_tokens, object_layers=num_layers, object_layer_offset=layer)
-    dispatch.run(planes, paged, kv, slots, 0, direction)
+    torch_run.run(planes, paged, kv, slots, 0, direction)
 
 
 def load_and_reshape_flash(key_value: object, key_cache: object, value_cache: object, slot_mapping: object, layer_idx: object) -> None:

@@ -1,8 +1,17 @@
-"""Argument checks shared by every op.
+"""Argument checks over descriptions and scalars, shared by every op front end.
+
+The torch ops describe their tensors at the edge (``kernels/torch_edge.py``);
+other frameworks' front ends (MindSpore: ``integrations/mindspore/transfer.py``
+through ``kernels/described.py``) describe theirs. Both come here, so a tensor
+is judged by its description (:class:`lmcache_ascend.core.tensor_desc.TensorDesc`:
+address, shape, strides, dtype name, device), whatever framework made it, in
+the same words. Slot ids are checked as numpy arrays (host) or anything that
+indexes like one (a device tensor).
 
 Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
 (wrong shape, range or device) whose message starts with the argument's name,
 before any byte is copied. Nothing that fails here can reach the C++ core.
+This module imports no tensor framework (an import contract checks it).
 """
 
 from __future__ import annotations
@@ -10,14 +19,15 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import numpy as np
-import torch
+import numpy.typing as npt
 
 from lmcache_ascend.core.kv_format import FormatSpec, format_spec
+from lmcache_ascend.core.tensor_desc import TensorDesc, is_row_major
 
 # Transfer directions of every op (LMCache's CUDA op convention); the one definition.
 H2D = 0  # memory object -> paged KV (load)
 D2H = 1  # paged KV -> memory object (store)
-_INT_DTYPES = (torch.int32, torch.int64)
+SLOT_DTYPES = ("int32", "int64")
 
 
 def fail(kind: type[Exception], name: str, message: str) -> NoReturn:
@@ -55,104 +65,80 @@ def check_int(value: object, name: str, minimum: int = 0) -> int:
     return int(value)
 
 
-def check_device(value: object, name: str) -> torch.device:
-    """A torch.device (or its string / index form) whose backend is usable here."""
-    if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
-        fail(TypeError, name, f"must be a torch.device or device string, got {type(value).__name__}")
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"{name} {value!r} is not a device: {exc}") from None
-    if device.type != "cpu":
-        module = getattr(torch, device.type, None)
-        available = getattr(module, "is_available", None)
-        if not callable(available) or not available():
-            fail(ValueError, name, f"is {device}, but no {device.type} device is available in this process")
-    return device
-
-
-def check_tensor(
-    t: object,
+def check_desc(
+    d: TensorDesc,
     name: str,
     *,
     ndim: int | None = None,
     shape: tuple[int, ...] | None = None,
-    dtype: torch.dtype | None = None,
-    device: torch.device | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
     dense: bool = True,
     block_stride: int = 0,
-) -> torch.Tensor:
-    """Check kind, rank, shape, dtype, device and density (``block_stride``
-    relaxes only the outermost stride, for views into blocks-first pools).
-    Meta tensors (no storage) are refused whatever ``device`` says."""
-    if not isinstance(t, torch.Tensor):
-        fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type == "meta":
-        fail(ValueError, name, "is a meta tensor: it has no data to copy")
-    if ndim is not None and t.dim() != ndim:
-        fail(ValueError, name, f"must be {ndim}-D, got shape {list(t.shape)}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        fail(ValueError, name, f"has shape {list(t.shape)}, expected {list(shape)}")
-    if dtype is not None and t.dtype != dtype:
-        fail(TypeError, name, f"has dtype {t.dtype}, expected {dtype}")
-    if device is not None and t.device.type != torch.device(device).type:
-        fail(ValueError, name, f"is on {t.device}, expected {device}")
-    if dense and not _is_dense(t, block_stride):
+) -> TensorDesc:
+    """Check rank, shape, dtype (a canonical name), device (``"cpu"`` means host
+    memory; otherwise only the device type is compared) and density
+    (``block_stride`` relaxes only the outermost stride, for views into
+    blocks-first pools)."""
+    if ndim is not None and d.ndim != ndim:
+        fail(ValueError, name, f"must be {ndim}-D, got shape {list(d.shape)}")
+    if shape is not None and d.shape != tuple(shape):
+        fail(ValueError, name, f"has shape {list(d.shape)}, expected {list(shape)}")
+    if dtype is not None and d.dtype != dtype:
+        fail(TypeError, name, f"has dtype {d.dtype}, expected {dtype}")
+    if device is not None and d.device.split(":")[0] != device.split(":")[0]:
+        wanted = "it must be in host memory" if device == "cpu" else f"expected {device}"
+        fail(ValueError, name, f"is on {d.device}; {wanted}")
+    if dense and not is_dense(d, block_stride):
         layout = f"with blocks {block_stride} elements apart (block_stride_elems)" if block_stride else "contiguous"
-        fail(ValueError, name, f"must be {layout} (shape {list(t.shape)}, strides {list(t.stride())})")
-    return t
+        fail(ValueError, name, f"must be {layout} (shape {list(d.shape)}, strides {list(d.strides)})")
+    return d
 
 
-def _is_dense(t: torch.Tensor, block_stride: int) -> bool:
+def is_dense(d: TensorDesc, block_stride: int = 0) -> bool:
     """Contiguous; with ``block_stride``, blocks (axis 0) exactly that many
     elements apart, each contiguous. A dense tensor with wider requested block
     stride is refused: the kernels would address past its last block."""
     if not block_stride:
-        return t.is_contiguous()
-    if t.dim() < 2:
+        return d.is_contiguous
+    if d.ndim < 2:
         return False
-    if t.shape[0] == 0:
+    if d.shape[0] == 0:
         return True
-    return (t.shape[0] == 1 or t.stride(0) == block_stride) and t[0].is_contiguous()
+    return (d.shape[0] == 1 or d.strides[0] == block_stride) and is_row_major(d.shape[1:], d.strides[1:])
 
 
-def check_slots(
-    slots: object,
-    name: str,
-    num_tokens: int,
-    num_slots: int,
-    skip_prefix: int = 0,
-) -> torch.Tensor:
-    """1-D int32/int64 tensor of ``num_tokens`` entries, each < ``num_slots``
-    (negative entries mean "skip this token")."""
-    t = check_tensor(slots, name, ndim=1, dense=False)
-    if t.dtype not in _INT_DTYPES:
-        fail(TypeError, name, f"must hold int32 or int64 slot ids, got {t.dtype}")
-    if t.numel() != num_tokens:
-        fail(ValueError, name, f"has {t.numel()} entries for {num_tokens} tokens")
-    # numpy reads a host tensor in place, several times cheaper than torch ops
-    check_slot_range(t.numpy() if t.device.type == "cpu" else t, name, num_slots, skip_prefix)
-    return t
+def check_slot_count(num_entries: int, name: str, num_tokens: int) -> None:
+    if num_entries != num_tokens:
+        fail(ValueError, name, f"has {num_entries} entries for {num_tokens} tokens")
 
 
 def check_slot_range(slots: Any, name: str, num_slots: int, skip_prefix: int = 0) -> None:
     """ValueError naming the first of ``slots[skip_prefix:]`` (a 1-D numpy array or tensor)
-    at or past ``num_slots``, as the host core words it."""
+    at or past ``num_slots``, as the host core words it. Negative slots mean "skip"."""
     live = slots[skip_prefix:]
     if len(live) and int(live.max()) >= num_slots:
         bad = int((live >= num_slots).nonzero()[0][0]) + skip_prefix
         fail(ValueError, f"{name}[{bad}]", f"= {int(slots[bad])} is outside the paged buffer ({num_slots} slots)")
 
 
-def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tensor:
-    if isinstance(block_ids, (list, tuple)):
-        block_ids = torch.tensor(block_ids, dtype=torch.int64)
-    t = check_tensor(block_ids, name, ndim=1, dense=False)
-    if t.dtype not in _INT_DTYPES:
-        fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
-    # numpy reads a host tensor in place, several times cheaper than torch ops
-    live = t.numpy() if t.device.type == "cpu" else t
-    if t.numel() and (int(live.min()) < 0 or int(live.max()) >= num_blocks):
-        bad = int(torch.nonzero((t < 0) | (t >= num_blocks))[0])
-        fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside [0, {num_blocks})")
-    return t
+def slot_ids(values: npt.NDArray[np.generic], name: str, copy: bool = False) -> npt.NDArray[np.int64]:
+    """``values`` (1-D, integer) as a dense int64 host array; a private copy with ``copy``."""
+    if values.ndim != 1:
+        fail(ValueError, name, f"must be 1-D, got shape {list(values.shape)}")
+    if values.dtype.kind not in "iu" and values.size:
+        fail(TypeError, name, f"must hold integer slot ids, got {values.dtype}")
+    if copy:
+        return np.array(values, dtype=np.int64, order="C", copy=True)
+    return np.ascontiguousarray(values, dtype=np.int64)
+
+
+def check_slot_values(
+    values: npt.NDArray[np.generic], name: str, num_tokens: int, num_slots: int, skip_prefix: int = 0
+) -> npt.NDArray[np.int64]:
+    """``values`` as dense int64 host slot ids of ``num_tokens`` entries, every live
+    one (after ``skip_prefix``, not negative) below ``num_slots``."""
+    slots = slot_ids(values, name)
+    check_slot_count(slots.shape[0], name, num_tokens)
+    check_slot_range(slots, name, num_slots, skip_prefix)
+    return slots

@@ -10,7 +10,7 @@ import torch
 from lmcache_ascend.core.detection import detect_kv_layout
 from lmcache_ascend.core.kv_format import format_spec
 from lmcache_ascend.core.tensor_desc import describe
-from lmcache_ascend.kernels import described, validate
+from lmcache_ascend.kernels import described, torch_edge
 from tests.kernels.reference import D2H, H2D, Geom, assert_cache_equal, byte_equal, make_paged, object_shape, random_slots, random_tensor, ref_transfer
 
 GEOM = Geom(num_layers=3, num_blocks=6, block_size=16, num_heads=2, head_size=32)
@@ -55,7 +55,7 @@ def test_object_checks_name_the_argument() -> None:
     d = describe(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match=r"memory_obj has shape \[2, 3, 4\], expected \[2, 3, 5\]"):
         described.check_object(d, (2, 3, 5), "float32")
-    with pytest.raises(TypeError, match="memory_obj has dtype float32, the paged KV bfloat16"):
+    with pytest.raises(TypeError, match="memory_obj has dtype float32, expected bfloat16"):
         described.check_object(d, (2, 3, 4), "bfloat16")
     strided = describe(np.zeros((2, 4, 3), np.float32).transpose(0, 2, 1))
     with pytest.raises(ValueError, match="memory_obj must be contiguous"):
@@ -74,7 +74,7 @@ def test_slot_checks_name_the_argument() -> None:
         described.check_slot_values(np.array([0, -1, 10, 3]), "slot_mapping", 4, 10)
     # The torch ops word it the same (one check serves both front ends).
     with pytest.raises(ValueError) as torch_got:
-        validate.check_slots(torch.tensor([0, -1, 10, 3]), "slot_mapping", 4, 10)
+        torch_edge.check_slots(torch.tensor([0, -1, 10, 3]), "slot_mapping", 4, 10)
     assert str(torch_got.value) == str(got.value)
     # A skipped prefix is not checked; -1 means "leave this token alone"; int32 becomes int64.
     out = described.check_slot_values(np.array([99, -1, 9], np.int32), "slot_mapping", 3, 10, skip_prefix=1)

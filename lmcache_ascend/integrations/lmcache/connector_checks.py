@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from lmcache_ascend.core.detection import LayoutFacts
-from lmcache_ascend.kernels.validate import check_slots, check_tensor, fail
+from lmcache_ascend.kernels.torch_edge import check_slots, check_tensor
+from lmcache_ascend.kernels.validate import fail
 
 Bounds = list[tuple[int, int]]
 

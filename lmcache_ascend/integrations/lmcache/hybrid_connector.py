@@ -45,7 +45,8 @@ from lmcache_ascend.core.kv_groups import ChunkLayout, GroupKind, KVGroupSpec
 from lmcache_ascend.integrations.lmcache import connector_checks as checks
 from lmcache_ascend.integrations.lmcache.engine_kv import buffer_key, check_structure, flat_buffers
 from lmcache_ascend.kernels.group_ops import transfer_chunk
-from lmcache_ascend.kernels.validate import D2H, H2D, check_tensor, fail
+from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.validate import D2H, H2D, fail
 
 SERVED_KINDS: tuple[GroupKind, ...] = ("full", "sliding_window")
 
