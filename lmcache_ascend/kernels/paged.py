@@ -11,7 +11,6 @@ no bad address or undersized buffer reaches a kernel.
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from dataclasses import dataclass
 from typing import cast
@@ -21,12 +20,12 @@ import numpy.typing as npt
 import torch
 
 from lmcache_ascend.core.kv_format import FormatSpec
-from lmcache_ascend.core.planes import KVGeometry, buffer_bytes, buffer_count, buffer_shape
+from lmcache_ascend.core.planes import KVGeometry, buffer_bytes, buffer_count
 from lmcache_ascend.core.plane_tuples import plane_tuple_geometry
 from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides
 from lmcache_ascend.kernels import torch_path
-from lmcache_ascend.kernels.torch_edge import check_tensor
-from lmcache_ascend.kernels.validate import fail
+from lmcache_ascend.kernels.torch_edge import check_tensor, describe_tensor, dtype_name
+from lmcache_ascend.kernels.validate import check_block_stride, check_buffer_count, check_paged_buffers, fail
 
 
 @dataclass
@@ -124,7 +123,7 @@ def resolve_buffers(
     hit = _CHECKED.get(key)
     if hit is not None and hit.matches(tensors):  # the very tensors checked before: all torch.Tensor
         return PagedBuffers(spec, geometry, device, hit.ptrs, cast(list[torch.Tensor], tensors))
-    paged = _check_tensors(tensors, spec, geometry, device, dtype, name, need)
+    paged = _check_tensors(tensors, spec, geometry, device, dtype, name)
     if not wrapped and paged.tensors is not None:  # a fresh one-item list per call would only churn the cache
         _remember(key, _Checked(tuple(weakref.ref(t) for t in paged.tensors), paged.ptrs.tolist(), paged.ptrs))
     return paged
@@ -135,9 +134,9 @@ class _Checked:
     """Tensors that passed :func:`_check_tensors` for one (format, geometry,
     device, dtype), held weakly, and their addresses.
 
-    Serving passes the same KV cache list for every chunk; checking its 64
-    tensors (16 layers of DSA-C8 planes) again costs ~60 us on a cold cache, as
-    much as copying a 1 MiB chunk. A hit needs the very same tensor objects,
+    Serving passes the same KV cache list for every chunk; describing and
+    checking its 64 tensors (16 layers of DSA-C8 planes) again costs ~0.2 ms,
+    as much as copying a few MiB (a hit: ~10 us). A hit needs the very same tensor objects,
     alive, at the same addresses: a replaced layer, a freed cache or a storage
     swapped by ``set_`` is checked again. Like upstream's cached pointer
     tables, it assumes KV tensors are not reshaped in place.
@@ -174,64 +173,13 @@ def _check_tensors(
     device: torch.device,
     dtype: torch.dtype,
     name: str,
-    need: int,
 ) -> PagedBuffers:
-    if len(tensors) != need:
-        fail(ValueError, name, f"has {len(tensors)} buffers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
-    # Plane tuples repeat layer 0's per-plane dtypes; plane 0 carries the object's dtype.
-    period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
-    # A non-tensor plane takes the object's dtype here and is refused by check_tensor below.
-    dtypes = [dtype] + [t.dtype if isinstance(t, torch.Tensor) else dtype for t in tensors[1:period]]
-    layouts = _dense_layouts(spec, geometry, period)
-    block_stride = geometry.block_stride_elems
-    on_cpu = device.type == "cpu"
-    ptrs = np.empty(len(tensors), dtype=np.int64)
-    checked: list[torch.Tensor] = []
-    # A plane tuple cache has a tensor per plane and layer (64 for DSA-C8 with
-    # 16 layers), checked on every call: the common case (exact shape, dtype,
-    # device and dense strides) is decided with a few attribute reads, and
-    # anything else gets check_tensor's full check and its error message.
-    for i, t in enumerate(tensors):
-        shape, strides = layouts[i % period]
-        if not (
-            isinstance(t, torch.Tensor)
-            and t.dtype == dtypes[i % period]
-            and t.shape == shape
-            and (t.stride() == strides if block_stride else t.is_contiguous())
-            and (t.is_cpu if on_cpu else t.device.type == device.type != "meta")
-        ):
-            t = check_tensor(t, f"{name}[{i}]", shape=shape, dtype=dtypes[i % period], device=device, block_stride=block_stride)
-        ptrs[i] = t.data_ptr()
-        checked.append(t)
-    return PagedBuffers(spec, geometry, device, ptrs, checked)
-
-
-@functools.lru_cache(maxsize=256)
-def _dense_layouts(spec: FormatSpec, geometry: KVGeometry, period: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
-    """(shape, strides) of a dense buffer ``i`` for ``i < period`` (shapes repeat
-    with that period); the block axis is ``block_stride_elems`` apart when set."""
-    out = []
-    for i in range(period):
-        shape = buffer_shape(spec, geometry, i)
-        strides = contiguous_strides(shape)
-        if geometry.block_stride_elems and shape:
-            strides = (geometry.block_stride_elems, *strides[1:])
-        out.append((shape, strides))
-    return tuple(out)
-
-
-def check_block_stride(spec: FormatSpec, geometry: KVGeometry) -> None:
-    """``block_stride_elems`` (0: blocks end to end) applies only to buffers with
-    the block axis outermost, and cannot be smaller than one block. Plane tuples
-    carry it as plane 0's stride; their geometry is checked by the caller."""
-    stride = geometry.block_stride_elems
-    if not stride or spec.buffers == "layer_planes":
-        return
-    if spec.axes[0] != "NB":
-        fail(ValueError, "block_stride_elems", f"is {stride}, but {spec.fmt.name} buffers do not have the block axis outermost")
-    tight = math.prod(buffer_shape(spec, geometry)[1:])
-    if stride < tight:
-        fail(ValueError, "block_stride_elems", f"{stride} is smaller than one block ({tight} elements)")
+    """The torch edge of ``validate.check_paged_buffers``: each entry must be a
+    tensor with storage; its description is what is judged."""
+    check_buffer_count(len(tensors), spec, geometry, name)
+    descs = [describe_tensor(t, f"{name}[{i}]") for i, t in enumerate(tensors)]
+    ptrs = check_paged_buffers(descs, spec, geometry, device.type, dtype_name(dtype), name)
+    return PagedBuffers(spec, geometry, device, ptrs, cast(list[torch.Tensor], tensors))
 
 
 def _from_pointers(

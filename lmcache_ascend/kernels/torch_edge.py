@@ -3,7 +3,7 @@
 The torch ops (``slot_ops``, ``block_ops``, ``memory_ops``, ``group_ops``) and
 the LMCache connectors' argument checks take torch objects here:
 
-- :func:`check_tensor`: a ``torch.Tensor`` (not a meta tensor) is described
+- :func:`describe_tensor`, :func:`check_tensor`: a ``torch.Tensor`` (not a meta tensor) is described
   (``core.TensorDesc``) and judged by ``validate.check_desc``, the check every
   front end shares; the tensor is returned for the caller's torch work.
 - :func:`check_device`, :func:`check_slots`, :func:`check_block_ids`: a device
@@ -17,9 +17,11 @@ Errors are ``TypeError`` / ``ValueError`` naming the argument, before any byte m
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from lmcache_ascend.core.tensor_desc import describe
+from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_desc, check_slot_count, check_slot_range, fail
 
 
@@ -52,12 +54,8 @@ def check_tensor(
 ) -> torch.Tensor:
     """``t`` after ``validate.check_desc`` passed on its description (see there).
     Meta tensors (no storage) are refused whatever ``device`` says."""
-    if not isinstance(t, torch.Tensor):
-        fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type == "meta":
-        fail(ValueError, name, "is a meta tensor: it has no data to copy")
     check_desc(
-        describe(t),
+        describe_tensor(t, name),
         name,
         ndim=ndim,
         shape=shape,
@@ -66,7 +64,16 @@ def check_tensor(
         dense=dense,
         block_stride=block_stride,
     )
-    return t
+    return cast(torch.Tensor, t)  # describe_tensor refused anything else
+
+
+def describe_tensor(t: object, name: str) -> TensorDesc:
+    """The description of ``t``, which must be a ``torch.Tensor`` with storage (not meta)."""
+    if not isinstance(t, torch.Tensor):
+        fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_meta:
+        fail(ValueError, name, "is a meta tensor: it has no data to copy")
+    return describe(t)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -16,13 +16,17 @@ This module imports no tensor framework (an import contract checks it).
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
 
 from lmcache_ascend.core.kv_format import FormatSpec, format_spec
-from lmcache_ascend.core.tensor_desc import TensorDesc, is_row_major
+from lmcache_ascend.core.planes import KVGeometry, buffer_count, buffer_shape
+from lmcache_ascend.core.tensor_desc import TensorDesc, contiguous_strides, is_row_major
 
 # Transfer directions of every op (LMCache's CUDA op convention); the one definition.
 H2D = 0  # memory object -> paged KV (load)
@@ -142,3 +146,63 @@ def check_slot_values(
     check_slot_count(slots.shape[0], name, num_tokens)
     check_slot_range(slots, name, num_slots, skip_prefix)
     return slots
+
+
+def check_buffer_count(count: int, spec: FormatSpec, geometry: KVGeometry, name: str) -> None:
+    need = buffer_count(spec, geometry)
+    if count != need:
+        fail(ValueError, name, f"has {count} buffers; {spec.fmt.name} with {geometry.num_layers} layers needs {need}")
+
+
+def check_paged_buffers(
+    buffers: Sequence[TensorDesc], spec: FormatSpec, geometry: KVGeometry, device: str, dtype: str, name: str
+) -> npt.NDArray[np.int64]:
+    """The base addresses (pointer-table order) of ``buffers``, each checked to be the
+    dense buffer ``i`` of ``geometry`` (shape, strides, dtype, device type).
+
+    Plane tuples repeat layer 0's per-plane dtypes; plane 0 carries the object's
+    ``dtype``. A buffer that fails gets :func:`check_desc`'s message, naming ``name[i]``.
+    """
+    check_buffer_count(len(buffers), spec, geometry, name)
+    period = len(geometry.planes) if spec.buffers == "layer_planes" else 1
+    dtypes = [dtype] + [b.dtype for b in buffers[1:period]]
+    layouts = _dense_layouts(spec, geometry, period)
+    block_stride = geometry.block_stride_elems
+    kind = device.split(":")[0]
+    ptrs = np.empty(len(buffers), dtype=np.int64)
+    for i, b in enumerate(buffers):
+        shape, strides = layouts[i % period]
+        # A plane tuple cache has a buffer per plane and layer (64 for DSA-C8 with
+        # 16 layers): the common case is decided by comparing tuples.
+        if not (b.shape == shape and b.strides == strides and b.dtype == dtypes[i % period] and b.device.split(":")[0] == kind):
+            check_desc(b, f"{name}[{i}]", shape=shape, dtype=dtypes[i % period], device=device, block_stride=block_stride)
+        ptrs[i] = b.ptr
+    return ptrs
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_layouts(spec: FormatSpec, geometry: KVGeometry, period: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """(shape, strides) of a dense buffer ``i`` for ``i < period`` (shapes repeat
+    with that period); the block axis is ``block_stride_elems`` apart when set."""
+    out = []
+    for i in range(period):
+        shape = buffer_shape(spec, geometry, i)
+        strides = contiguous_strides(shape)
+        if geometry.block_stride_elems and shape:
+            strides = (geometry.block_stride_elems, *strides[1:])
+        out.append((shape, strides))
+    return tuple(out)
+
+
+def check_block_stride(spec: FormatSpec, geometry: KVGeometry) -> None:
+    """``block_stride_elems`` (0: blocks end to end) applies only to buffers with
+    the block axis outermost, and cannot be smaller than one block. Plane tuples
+    carry it as plane 0's stride; their geometry is checked by the caller."""
+    stride = geometry.block_stride_elems
+    if not stride or spec.buffers == "layer_planes":
+        return
+    if spec.axes[0] != "NB":
+        fail(ValueError, "block_stride_elems", f"is {stride}, but {spec.fmt.name} buffers do not have the block axis outermost")
+    tight = math.prod(buffer_shape(spec, geometry)[1:])
+    if stride < tight:
+        fail(ValueError, "block_stride_elems", f"{stride} is smaller than one block ({tight} elements)")

@@ -73,3 +73,38 @@ def test_meta_tensors_and_other_objects_are_refused_at_the_torch_edge() -> None:
 )
 def test_block_stride_density(shape: tuple[int, ...], strides: tuple[int, ...], block_stride: int, dense: bool) -> None:
     assert is_dense(TensorDesc(64, shape, strides, "bfloat16", 2), block_stride) is dense
+
+
+def _layers(num_layers: int, dtype: type = np.float16) -> list[np.ndarray]:
+    """SGLang-style K and V buffers [NB, BS, NH, HS] per layer, as numpy arrays."""
+    return [np.zeros((4, 8, 2, 16), dtype) for _ in range(2 * num_layers)]
+
+
+def test_paged_buffers_are_checked_by_description() -> None:
+    from lmcache_ascend.core.kv_format import KVFormat, format_spec
+    from lmcache_ascend.kernels.geometry import tensor_geometry
+    from lmcache_ascend.kernels.validate import check_paged_buffers
+
+    spec = format_spec(KVFormat.NL_X_TWO_X_NB_BS_NH_HS)
+    layers = _layers(3)
+    g = tensor_geometry(spec, layers[0].shape, 2, 3, "kv")
+    ptrs = check_paged_buffers([describe(a) for a in layers], spec, g, "cpu", "float16", "kv")
+    assert ptrs.tolist() == [a.ctypes.data for a in layers]
+    with pytest.raises(ValueError, match=r"kv has 4 buffers; NL_X_TWO_X_NB_BS_NH_HS with 3 layers needs 6"):
+        check_paged_buffers([describe(a) for a in layers[:4]], spec, g, "cpu", "float16", "kv")
+    bad = [*layers[:2], np.zeros((4, 8, 2, 8), np.float16), *layers[3:]]
+    with pytest.raises(ValueError, match=r"kv\[2\] has shape \[4, 8, 2, 8\], expected \[4, 8, 2, 16\]"):
+        check_paged_buffers([describe(a) for a in bad], spec, g, "cpu", "float16", "kv")
+    with pytest.raises(TypeError, match=r"kv\[0\] has dtype float32, expected float16"):
+        check_paged_buffers([describe(a) for a in _layers(3, np.float32)], spec, g, "cpu", "float16", "kv")
+    with pytest.raises(ValueError, match=r"kv\[0\] is on cpu; expected npu"):
+        check_paged_buffers([describe(a) for a in layers], spec, g, "npu:0", "float16", "kv")
+    # A view torch calls contiguous (a size-1 axis with any stride) is dense here too.
+    one_block = [np.zeros((1, 8, 2, 16), np.float16) for _ in range(6)]
+    g1 = tensor_geometry(spec, one_block[0].shape, 2, 3, "kv")
+    descs = [describe(a) for a in one_block]
+    descs[1] = TensorDesc(descs[1].ptr, descs[1].shape, (7, 32, 16, 1), "float16", 2)
+    assert check_paged_buffers(descs, spec, g1, "cpu", "float16", "kv")[1] == descs[1].ptr
+    descs[1] = TensorDesc(descs[1].ptr, descs[1].shape, (7, 32, 1, 2), "float16", 2)  # heads interleaved
+    with pytest.raises(ValueError, match=r"kv\[1\] must be contiguous"):
+        check_paged_buffers(descs, spec, g1, "cpu", "float16", "kv")
