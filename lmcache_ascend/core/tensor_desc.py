@@ -44,7 +44,7 @@ _NUMPY_ALIASES = {"float16": "float16", "bool_": "bool"}
 _MINDSPORE_ALIASES = {"bool_": "bool", "float8e4m3fn": "float8_e4m3fn", "float8e5m2": "float8_e5m2"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorDesc:
     """Address, geometry and element type of one tensor (strides in elements)."""
 
@@ -139,14 +139,8 @@ def _from_torch(t: Any) -> TensorDesc:
     # Every torch op describes its tensors on each call: read torch's own
     # tuples and ints as they are (shape, strides and sizes are ints already).
     device = "cpu" if t.is_cpu else f"{t.device.type}:{t.device.index or 0}"
-    return TensorDesc(
-        ptr=t.data_ptr(),
-        shape=tuple(t.shape),
-        strides=t.stride(),
-        dtype=str(t.dtype)[6:],  # "torch.bfloat16" -> "bfloat16"
-        itemsize=t.element_size(),
-        device=device,
-    )
+    # ptr, shape, strides, dtype ("torch.bfloat16" -> "bfloat16"), itemsize, device
+    return TensorDesc(t.data_ptr(), tuple(t.shape), t.stride(), str(t.dtype)[6:], t.element_size(), device)
 
 
 def _from_numpy(a: Any) -> TensorDesc:
