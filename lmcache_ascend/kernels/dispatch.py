@@ -1,7 +1,7 @@
 """Backend choice, and the host core's run of one plane transfer.
 
-Framework-free: the torch edge (``torch_edge.run``) and the description front
-end (``described``) both decide and run here; only the torch edge has a
+Framework-free: the torch ops' run (``torch_run.run``) and the description front
+end (``described``) both decide and run here; only the torch ops have a
 device-generic executor to fall back on.
 
 ``$LMCACHE_ASCEND_KERNEL_BACKEND`` selects the backend:
@@ -47,7 +47,7 @@ def use_host(on_host: bool, device_memory: str) -> bool:
 def run_host(
     planes: PlaneSet, buffer_ptrs: npt.NDArray[np.int64], obj_ptr: int, slots: npt.NDArray[np.integer[Any]], skip_prefix: int, direction: int
 ) -> None:
-    """The host branch of ``torch_edge.run`` for checked paged buffer addresses (pointer-table order), a
+    """The host branch of ``torch_run.run`` for checked paged buffer addresses (pointer-table order), a
     checked object address and C-contiguous numpy slot ids; also the description front end's run."""
     num_tokens = len(slots)
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:

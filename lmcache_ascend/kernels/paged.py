@@ -84,7 +84,7 @@ def tuple_geometry(arg: object, name: str, num_layers: int) -> KVGeometry:
 @functools.lru_cache(maxsize=64)
 def _tuple_geometry(planes: tuple[tuple[tuple[int, ...], torch.dtype], ...], num_layers: int) -> KVGeometry:
     descs = [
-        TensorDesc(0, shape, contiguous_strides(shape), str(dtype).removeprefix("torch."), dtype.itemsize)
+        TensorDesc(0, shape, contiguous_strides(shape), dtype_name(dtype), dtype.itemsize)
         for shape, dtype in planes
     ]
     return plane_tuple_geometry(descs, num_layers)
@@ -176,7 +176,7 @@ def _check_tensors(
 ) -> PagedBuffers:
     """The torch edge of ``validate.check_paged_buffers``: each entry must be a
     tensor with storage; its description is what is judged."""
-    check_buffer_count(len(tensors), spec, geometry, name)
+    check_buffer_count(len(tensors), spec, geometry, name)  # a short list is reported as such, not by its entries
     descs = [describe_tensor(t, f"{name}[{i}]") for i, t in enumerate(tensors)]
     ptrs = check_paged_buffers(descs, spec, geometry, device.type, dtype_name(dtype), name)
     return PagedBuffers(spec, geometry, device, ptrs, cast(list[torch.Tensor], tensors))

@@ -21,16 +21,18 @@ rounding per stored element). Host tensors go to the C++ core
 bits as LMCache's baseline. ``LMCACHE_ASCEND_KERNEL_BACKEND`` applies as for
 the transfer ops. Bad arguments raise ``TypeError`` / ``ValueError`` naming the
 argument before anything is written: tensors are judged by their descriptions
-(``torch_edge.check_tensor``, ``core.TensorDesc``), as the transfer ops' are.
+(``torch_edge.describe_tensor``, ``core.TensorDesc``), as the transfer ops' are.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from lmcache_ascend.core.tensor_desc import describe
+from lmcache_ascend.core.tensor_desc import TensorDesc
 from lmcache_ascend.kernels.dispatch import use_host
-from lmcache_ascend.kernels.torch_edge import check_tensor
+from lmcache_ascend.kernels.torch_edge import describe_tensor
 from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_int, fail
 
 _FLOAT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -72,9 +74,13 @@ def _rotate(old: object, new: object, key: object, head_size: object, head_strid
         _torch(keys, cache, old, new, is_neox)
 
 
+def _described(value: object, name: str) -> tuple[torch.Tensor, TensorDesc]:
+    """``value`` (a torch tensor with storage, else the edge's error) and its description."""
+    return cast(torch.Tensor, value), describe_tensor(value, name)
+
+
 def _check_key(key: object) -> torch.Tensor:
-    t = check_tensor(key, "key", dense=False)
-    d = describe(t)
+    t, d = _described(key, "key")
     if d.dtype not in _FLOAT_NAMES:
         fail(TypeError, "key", f"dtype must be float32, float16 or bfloat16, got {t.dtype}")
     if d.ndim < 3:
@@ -88,8 +94,7 @@ def _check_key(key: object) -> torch.Tensor:
 
 
 def _check_table(table: object, device: torch.device, head_size: int) -> torch.Tensor:
-    t = check_tensor(table, "cos_sin_cache", dense=False)
-    d = describe(t)
+    t, d = _described(table, "cos_sin_cache")
     if d.dtype not in _FLOAT_NAMES:
         fail(TypeError, "cos_sin_cache", f"dtype must be float32, float16 or bfloat16, got {t.dtype}")
     if d.ndim != 2 or d.shape[0] < 1:
@@ -103,8 +108,7 @@ def _check_table(table: object, device: torch.device, head_size: int) -> torch.T
 
 
 def _check_positions(pos: object, name: str, num_tokens: int, device: torch.device, rows: int) -> torch.Tensor:
-    t = check_tensor(pos, name, dense=False)
-    d = describe(t)
+    t, d = _described(pos, name)
     if d.dtype not in SLOT_DTYPES:
         fail(TypeError, name, f"dtype must be int32 or int64, got {t.dtype}")
     if d.ndim != 1 or d.numel != num_tokens:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from lmcache_ascend.core.kv_format import KVFormat, format_spec
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.kernels import described, torch_edge
-from lmcache_ascend.kernels.validate import check_desc, is_dense
+from lmcache_ascend.kernels.geometry import tensor_geometry
+from lmcache_ascend.kernels.validate import check_desc, check_paged_buffers, is_dense
 
 SHAPE = (2, 3, 4)
 
@@ -81,10 +83,6 @@ def _layers(num_layers: int, dtype: type = np.float16) -> list[np.ndarray]:
 
 
 def test_paged_buffers_are_checked_by_description() -> None:
-    from lmcache_ascend.core.kv_format import KVFormat, format_spec
-    from lmcache_ascend.kernels.geometry import tensor_geometry
-    from lmcache_ascend.kernels.validate import check_paged_buffers
-
     spec = format_spec(KVFormat.NL_X_TWO_X_NB_BS_NH_HS)
     layers = _layers(3)
     g = tensor_geometry(spec, layers[0].shape, 2, 3, "kv")
