@@ -59,8 +59,9 @@ class MindSporeMover:
         # Not GPUConnectorInterface.initialize_kvcaches_ptr: its torch-only view
         # fix-up recurses without end into MindSpore tensors (they iterate as
         # tensors). Permuted views are handled by our own detection instead.
-        connector.kvcaches = kwargs["kvcaches"]
-        return connector.kvcaches
+        kvcaches = kwargs["kvcaches"]
+        connector.kvcaches = kvcaches
+        return kvcaches  # this call's own, not read back: another thread may rebind meanwhile
 
     def describe(self, connector: Any, kvcaches: Any) -> MindSporeKV:
         # The engine's kernels that wrote (store) or will read (load) this KV are
