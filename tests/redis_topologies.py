@@ -67,6 +67,16 @@ def _wait(what: str, ok: object, timeout_s: float = READY_S) -> None:
     raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
 
 
+def wait_replicated(port: int, timeout_s: float = READY_S) -> None:
+    """Until the primary at ``port``'s writes reached a replica (``WAIT 1`` counts one).
+
+    A replica just started may still be in its first full sync (on two busy
+    cores, for longer than one ``WAIT``'s 5 s), when ``WAIT`` counts none; so it
+    is asked again until ``timeout_s``.
+    """
+    _wait(f"primary {port}'s replica in sync (WAIT 1)", lambda: redis_cli(port, "wait", "1", "5000").strip() == "1", timeout_s)
+
+
 def cluster_port(tries: int = 200) -> int:
     """A free port whose cluster-bus port (+10000, below 65536) is free too."""
     for _ in range(tries):
@@ -155,10 +165,10 @@ class RedisClusterSet:
 
         _wait("a healthy cluster (3 primaries, 16384 slots ok)", ok, timeout_s)
 
-    def replicate(self) -> None:
-        """Wait until every primary's writes reached its replica (``WAIT 1``)."""
+    def replicate(self, timeout_s: float = READY_S) -> None:
+        """Wait until every primary's writes reached its replica (see :func:`wait_replicated`)."""
         for node in self.primaries():
-            assert redis_cli(node.port, "wait", "1", "5000").strip() == "1", f"primary {node.port} has no replica in sync"  # type: ignore[arg-type]
+            wait_replicated(node.port, timeout_s)  # type: ignore[arg-type]
 
     def keys_per_primary(self) -> dict[int, int]:
         return {n.port: int(redis_cli(n.port, "dbsize")) for n in self.primaries()}  # type: ignore[misc]
@@ -212,8 +222,8 @@ class RedisSentinelSet:
         _wait(f"the new primary {port} taking writes", lambda: redis_command(port, "SET", "lmcache-ascend-probe", "1") == b"+OK", timeout_s)
         return port
 
-    def replicate(self) -> None:
-        assert redis_cli(self.primary_port(), "wait", "1", "5000").strip() == "1", "the replica is not in sync"
+    def replicate(self, timeout_s: float = READY_S) -> None:
+        wait_replicated(self.primary_port(), timeout_s)
 
     def describe(self) -> str:
         """Each sentinel's primary and its flags, each live server's role and key count: what a
