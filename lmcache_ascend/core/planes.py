@@ -271,6 +271,7 @@ class PlaneSet:
     objects: tuple[ObjectPlane, ...]
     table: npt.NDArray[np.int64]
     buffer_index: npt.NDArray[np.int64]
+    token_bytes: int  # what one token moves over every plane (heads x bytes per head)
 
     @classmethod
     def build(cls, paged: Sequence[PagedPlane], objects: Sequence[ObjectPlane]) -> PlaneSet:
@@ -287,7 +288,7 @@ class PlaneSet:
         index = np.array([p.buffer for p in paged], dtype=np.int64)
         table.setflags(write=False)
         index.setflags(write=False)
-        return cls(tuple(paged), tuple(objects), table, index)
+        return cls(tuple(paged), tuple(objects), table, index, int((table[:, 4] * table[:, 5]).sum()))
 
     def bind(self, buffer_ptrs: npt.NDArray[np.int64], object_ptr: int) -> npt.NDArray[np.int64]:
         """The int64 ``[P, 10]`` table ``csrc/plane_transfer.h`` reads (``PlaneSpec``)."""

@@ -27,6 +27,9 @@ torch baseline in ``lmcache.v1.platform.torch_ops.mp_mem_kernels``:
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -38,20 +41,25 @@ from lmcache_ascend.kernels.paged import engine_tensor, resolve_buffers, tuple_g
 from lmcache_ascend.kernels.torch_edge import check_block_ids, check_device, check_tensor
 from lmcache_ascend.kernels.validate import check_direction, check_format, check_int, fail
 
+# Every field but the last (block_stride_elems: 0 = dense) must be >= 1.
 _DESC_FIELDS = ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems")
-_MISSING = object()
+_read_fields = operator.attrgetter(*_DESC_FIELDS)
 _DTYPES_BY_SIZE = {1: torch.uint8, 2: torch.float16, 4: torch.float32, 8: torch.float64}
 
 
 def _read_desc(shape_desc: object) -> dict[str, int]:
-    raw = {f: getattr(shape_desc, f, _MISSING) for f in _DESC_FIELDS}
-    missing = [f for f, v in raw.items() if v is _MISSING]
-    if missing:
+    try:
+        values = _read_fields(shape_desc)
+    except AttributeError:
+        missing = [f for f in _DESC_FIELDS if not hasattr(shape_desc, f)]
         fail(TypeError, "shape_desc", f"must be a PageBufferShapeDesc; missing {', '.join(missing)}")
-    desc = {f: check_int(v, f"shape_desc.{f}") for f, v in raw.items()}
-    for f in ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size"):
-        if desc[f] < 1:
-            fail(ValueError, f"shape_desc.{f}", f"must be >= 1, got {desc[f]}")
+    desc = dict(zip(_DESC_FIELDS, values))
+    # Plain ints >= 1 (the usual case) pass in one sweep; anything else is judged field by field.
+    if not all(type(v) is int for v in values) or min(values[:-1]) < 1 or values[-1] < 0:
+        desc = {f: check_int(v, f"shape_desc.{f}") for f, v in desc.items()}
+        for f in _DESC_FIELDS[:-1]:
+            if desc[f] < 1:
+                fail(ValueError, f"shape_desc.{f}", f"must be >= 1, got {desc[f]}")
     return desc
 
 
@@ -135,8 +143,15 @@ def _object_view(o: torch.Tensor | int, nbytes: int, device: torch.device) -> to
 def _host_slots(blocks: torch.Tensor, block_size: int) -> npt.NDArray[np.int64]:
     """Slot ids of every block, built with numpy: after a multi-MiB copy the CPU
     caches are cold, and each torch op then costs tens of microseconds."""
-    ids = (blocks if blocks.device.type == "cpu" else blocks.cpu()).numpy().astype(np.int64, copy=False)
-    return (ids[:, None] * block_size + np.arange(block_size, dtype=np.int64)).reshape(-1)
+    ids = (blocks if blocks.is_cpu else blocks.cpu()).numpy().astype(np.int64, copy=False)
+    return (ids[:, None] * block_size + _offsets(block_size)).reshape(-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _offsets(block_size: int) -> npt.NDArray[np.int64]:
+    offsets = np.arange(block_size, dtype=np.int64)
+    offsets.setflags(write=False)
+    return offsets
 
 
 def multi_layer_block_kv_transfer(

@@ -15,7 +15,9 @@ device-generic executor to fall back on.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,18 +31,24 @@ BACKENDS = ("auto", "host", "torch")
 
 
 def backend_setting() -> str:
-    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    return _backend(os.environ.get(BACKEND_ENV))
+
+
+@functools.lru_cache(maxsize=16)  # read on every op call; parsed once per distinct value
+def _backend(raw: str | None) -> str:
+    value = (raw or "auto").strip().lower() or "auto"
     if value not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {BACKENDS}, got {value!r}")
     return value
 
 
-def use_host(on_host: bool, device_memory: str) -> bool:
+def use_host(on_host: bool, device_memory: Callable[[], str]) -> bool:
     """Whether an op whose arguments are all in host memory (``on_host``) runs on the C++ core;
-    ``device_memory`` says what is not, for the error when the setting demands the host."""
+    ``device_memory()`` says what is not, for the error when the setting demands the host
+    (formatted only then: this runs on every op call)."""
     setting = backend_setting()
     if setting == "host" and not on_host:
-        raise ValueError(f"{BACKEND_ENV}=host but {device_memory}")
+        raise ValueError(f"{BACKEND_ENV}=host but {device_memory()}")
     return on_host and setting != "torch"
 
 
@@ -53,5 +61,5 @@ def run_host(
     if not planes.paged or num_tokens == 0 or skip_prefix >= num_tokens:
         return
     table = planes.bind(buffer_ptrs, obj_ptr)
-    host.run_planes(table, slots.ctypes.data, slots.itemsize, num_tokens, skip_prefix, direction)
+    host.run_planes(table, slots.ctypes.data, slots.itemsize, num_tokens, skip_prefix, direction, planes.token_bytes)
 

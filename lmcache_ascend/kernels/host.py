@@ -26,17 +26,8 @@ STREAMING_MIN_BYTES = 4 << 20
 
 def num_threads() -> int:
     """Worker threads for host copies: ``$LMCACHE_ASCEND_NUM_THREADS`` or all cores (max 16)."""
-    thread_pool()
-    raw = os.environ.get(NUM_THREADS_ENV)
-    if raw is None:
-        return _default_threads()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {raw!r}")
-    return value
+    env = os.environ
+    return _threads(env.get(THREAD_POOL_ENV), env.get(NUM_THREADS_ENV))
 
 
 def thread_pool() -> str:
@@ -44,10 +35,26 @@ def thread_pool() -> str:
     libgomp threads, which CPU engines compute on: no second set of threads competing for
     their cores) or ``"own"`` (the core's own pool: no OpenMP runtime loaded, forked after
     using it, or ``$LMCACHE_ASCEND_THREAD_POOL=own``). See ``csrc/openmp_team.h``."""
-    setting = os.environ.get(THREAD_POOL_ENV, "auto").strip().lower() or "auto"
+    num_threads()  # refuses a bad setting
+    return _kvcore.thread_pool_in_use()
+
+
+# Every copy reads its settings; parsing them is done once per distinct value
+# (a few microseconds a call otherwise, on ops that move a few hundred).
+@functools.lru_cache(maxsize=16)
+def _threads(pool: str | None, threads: str | None) -> int:
+    setting = (pool or "auto").strip().lower() or "auto"
     if setting not in ("auto", "own"):
         raise ValueError(f"{THREAD_POOL_ENV} must be auto or own, got {setting!r}")
-    return _kvcore.thread_pool_in_use()
+    if threads is None:
+        return _default_threads()
+    try:
+        value = int(threads)
+    except ValueError:
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {threads!r}") from None
+    if value < 1:
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {threads!r}")
+    return value
 
 
 @functools.cache
@@ -58,18 +65,35 @@ def _default_threads() -> int:
 def use_streaming(nbytes: int) -> bool:
     """``$LMCACHE_ASCEND_STREAMING_STORES``: ``auto`` (default: transfers of at
     least 4 MiB), ``on`` or ``off``."""
-    setting = os.environ.get(STREAMING_ENV, "auto").strip().lower() or "auto"
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"{STREAMING_ENV} must be auto, on or off, got {setting!r}")
+    setting = _streaming_setting(os.environ.get(STREAMING_ENV))
     return setting == "on" or (setting == "auto" and nbytes >= STREAMING_MIN_BYTES)
 
 
-def run_planes(table: npt.NDArray[np.int64], slots_ptr: int, slots_itemsize: int, num_tokens: int, skip_prefix: int, direction: int) -> None:
-    """Execute one plane table (see ``csrc/plane_transfer.h``)."""
+@functools.lru_cache(maxsize=16)
+def _streaming_setting(raw: str | None) -> str:
+    setting = (raw or "auto").strip().lower() or "auto"
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"{STREAMING_ENV} must be auto, on or off, got {setting!r}")
+    return setting
+
+
+def run_planes(
+    table: npt.NDArray[np.int64],
+    slots_ptr: int,
+    slots_itemsize: int,
+    num_tokens: int,
+    skip_prefix: int,
+    direction: int,
+    token_bytes: int | None = None,
+) -> None:
+    """Execute one plane table (see ``csrc/plane_transfer.h``). ``token_bytes``
+    (``PlaneSet.token_bytes``) is what one token moves; read from the table when not given."""
     if table.shape[0] == 0 or num_tokens == 0:
         return
-    # Columns 4 and 5: heads and bytes per head, i.e. one token's row per plane.
-    nbytes = int((table[:, 4] * table[:, 5]).sum()) * (num_tokens - skip_prefix)
+    if token_bytes is None:
+        # Columns 4 and 5: heads and bytes per head, i.e. one token's row per plane.
+        token_bytes = int((table[:, 4] * table[:, 5]).sum())
+    nbytes = token_bytes * (num_tokens - skip_prefix)
     _kvcore.transfer_planes(
         table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads(), use_streaming(nbytes)
     )

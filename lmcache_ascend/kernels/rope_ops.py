@@ -125,7 +125,7 @@ def _check_positions(pos: object, name: str, num_tokens: int, device: torch.devi
 
 def _use_host(*tensors: torch.Tensor) -> bool:
     on_host = all(t.device.type == "cpu" for t in tensors)
-    return use_host(on_host, f"the key is in device memory ({tensors[0].device})")
+    return use_host(on_host, lambda: f"the key is in device memory ({tensors[0].device})")
 
 
 def _compute_kind(key: torch.Tensor, table: torch.Tensor) -> int:

@@ -22,7 +22,7 @@ from typing import cast
 import torch
 
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
-from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_desc, check_slot_count, check_slot_range, fail
+from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_desc, check_slot_count, check_slot_range, fail, in_range
 
 
 def check_device(value: object, name: str) -> torch.device:
@@ -100,8 +100,8 @@ def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tens
     if dtype_name(t.dtype) not in SLOT_DTYPES:
         fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
     # numpy reads a host tensor in place, several times cheaper than torch ops
-    live = t.numpy() if t.device.type == "cpu" else t
-    if t.numel() and (int(live.min()) < 0 or int(live.max()) >= num_blocks):
+    live = t.numpy() if t.is_cpu else t
+    if t.numel() and not in_range(live, num_blocks):
         bad = int(torch.nonzero((t < 0) | (t >= num_blocks))[0])
         fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside [0, {num_blocks})")
     return t

@@ -20,7 +20,7 @@ from lmcache_ascend.kernels.paged import PagedBuffers
 def host_backend(paged: PagedBuffers, obj_device: torch.device) -> bool:
     """Whether a transfer between ``paged`` and an object on ``obj_device`` runs on the C++ core."""
     on_host = paged.is_host and obj_device.type == "cpu"
-    return dispatch.use_host(on_host, f"the transfer touches device memory (paged on {paged.device}, object on {obj_device})")
+    return dispatch.use_host(on_host, lambda: f"the transfer touches device memory (paged on {paged.device}, object on {obj_device})")
 
 
 def run(planes: PlaneSet, paged: PagedBuffers, obj: torch.Tensor, slots: torch.Tensor, skip_prefix: int, direction: int) -> None:

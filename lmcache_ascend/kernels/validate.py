@@ -126,6 +126,18 @@ def check_slot_range(slots: Any, name: str, num_slots: int, skip_prefix: int = 0
         fail(ValueError, f"{name}[{bad}]", f"= {int(slots[bad])} is outside the paged buffer ({num_slots} slots)")
 
 
+def in_range(values: Any, stop: int) -> bool:
+    """Whether every entry of ``values`` (a non-empty 1-D numpy array or tensor) lies in ``[0, stop)``."""
+    if isinstance(values, np.ndarray) and values.size <= _FEW_IDS:
+        # A call's block ids are a chunk's few: Python's min / max of a list beat two numpy reductions.
+        listed = values.tolist()
+        return bool(min(listed) >= 0 and max(listed) < stop)
+    return int(values.min()) >= 0 and int(values.max()) < stop
+
+
+_FEW_IDS = 256
+
+
 def slot_ids(values: npt.NDArray[np.generic], name: str, copy: bool = False) -> npt.NDArray[np.int64]:
     """``values`` (1-D, integer) as a dense int64 host array; a private copy with ``copy``."""
     if values.ndim != 1:

@@ -22,6 +22,17 @@ def test_bind_adds_buffer_and_object_addresses() -> None:
     assert not ps.table.flags.writeable
 
 
+@pytest.mark.parametrize(
+    "fmt,fused",
+    [(KVFormat.NL_X_TWO_NB_BS_NH_HS, False), (KVFormat.NL_X_NB_NH_BS_CS, False), (KVFormat.NL_X_NB_NH_BS_CS, True)],
+)
+def test_token_bytes_is_one_token_over_every_plane(fmt: KVFormat, fused: bool) -> None:
+    """What ``kernels.host.run_planes`` sizes a transfer by (streaming stores from 4 MiB)."""
+    ps = multi_layer_plane_set(format_spec(fmt), G, 5, fused)
+    assert ps.token_bytes == G.num_layers * 2 * G.num_heads * G.head_size * G.itemsize
+    assert ps.token_bytes == int((ps.table[:, 4] * ps.table[:, 5]).sum())
+
+
 def test_plane_sets_are_cached() -> None:
     spec = format_spec(KVFormat.NL_X_NB_TWO_BS_NH_HS)
     assert multi_layer_plane_set(spec, G, 33) is multi_layer_plane_set(spec, G, 33)

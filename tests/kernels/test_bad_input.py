@@ -164,6 +164,15 @@ class NotADesc:
     nl = 2
 
 
+class _DescFields:
+    """A PageBufferShapeDesc look-alike whose fields may hold any type (the C++ struct's are ints)."""
+
+    def __init__(self, **changes: Any) -> None:
+        d = shape_desc(1, 2, G, torch.float16, 2)
+        for f in ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems", "dtype"):
+            setattr(self, f, changes.get(f, getattr(d, f)))
+
+
 def _desc(**changes: Any) -> Any:
     d = shape_desc(1, 2, G, torch.float16, 2)
     for k, v in changes.items():
@@ -178,6 +187,9 @@ BLOCK_CASES: dict[str, tuple[type[Exception], str, Kw]] = {
     "shape-desc-dict": (TypeError, "shape_desc", dict(shape_desc={"kv_size": 2})),
     "shape-desc-missing-fields": (TypeError, "shape_desc", dict(shape_desc=NotADesc())),
     "shape-desc-nb-zero": (ValueError, "shape_desc.nb", dict(shape_desc=_desc(nb=0))),
+    "shape-desc-negative-block-stride": (ValueError, "shape_desc.block_stride_elems", dict(shape_desc=_desc(block_stride_elems=-1))),
+    "shape-desc-float-field": (TypeError, "shape_desc.hs", dict(shape_desc=_DescFields(hs=8.0))),
+    "shape-desc-bool-field": (TypeError, "shape_desc.kv_size", dict(shape_desc=_DescFields(kv_size=True))),
     "shape-desc-kv-size-1-for-mha": (ValueError, "shape_desc.kv_size", dict(shape_desc=_desc(kv_size=1))),
     "shape-desc-dtype-vs-element-size": (ValueError, "shape_desc.dtype", dict(shape_desc=_desc(dtype=torch.float32))),
     "chunk-not-multiple-of-bs": (ValueError, "lmcache_chunk_size", dict(lmcache_chunk_size=6)),

@@ -103,3 +103,13 @@ def test_cache_holds_tensors_weakly_and_stays_bounded(slots) -> None:
     for layer_list in lists:
         store(layer_list, slots)  # type: ignore[arg-type]
     assert len(paged._CHECKED) <= paged._CHECKED_MAX
+
+
+def test_freed_layer_replaced_by_none_is_refused_by_name(layers, slots, checks) -> None:
+    """The cached entry's reference to the freed layer reads None, as the new entry is: still not a hit."""
+    store(layers, slots)
+    layers[1] = None  # type: ignore[call-overload]
+    gc.collect()
+    with pytest.raises(TypeError, match=r"key_value_ptrs\[1\] must be a torch.Tensor, got NoneType"):
+        store(layers, slots)
+    assert len(checks) == 2

@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmcache_ascend.core.kv_format import KVFormat, format_spec
 from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.kernels import described, torch_edge
 from lmcache_ascend.kernels.geometry import tensor_geometry
-from lmcache_ascend.kernels.validate import check_desc, check_paged_buffers, is_dense
+from lmcache_ascend.kernels.validate import check_desc, check_paged_buffers, in_range, is_dense
 
 SHAPE = (2, 3, 4)
 
@@ -106,3 +108,16 @@ def test_paged_buffers_are_checked_by_description() -> None:
     descs[1] = TensorDesc(descs[1].ptr, descs[1].shape, (7, 32, 1, 2), "float16", 2)  # heads interleaved
     with pytest.raises(ValueError, match=r"kv\[1\] must be contiguous"):
         check_paged_buffers(descs, spec, g1, "cpu", "float16", "kv")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.lists(st.integers(-3, 40), min_size=1, max_size=600),
+    stop=st.integers(1, 40),
+    as_tensor=st.booleans(),
+)
+def test_in_range_agrees_with_numpy(ids: list[int], stop: int, as_tensor: bool) -> None:
+    """Short lists (Python's min / max) and long ones (numpy's reductions) alike, numpy and torch input."""
+    array = np.array(ids, dtype=np.int64)
+    values = torch.from_numpy(array) if as_tensor else array
+    assert in_range(values, stop) == bool(((array >= 0) & (array < stop)).all())
