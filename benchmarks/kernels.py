@@ -31,7 +31,9 @@ is one JSON object with ``store_vs_memcpy``, ``load_vs_memcpy``,
 ``store_vs_upstream``, ``load_vs_upstream`` (for the vLLM flash NHD format,
 the layout upstream's baseline supports), ``min_vs_memcpy`` (the lowest
 ours / memcpy ratio over every format and both directions),
-``vs_memcpy_by_format`` (``{format: {"store": ratio, "load": ratio}}``) and the
+``vs_memcpy_by_format`` (``{format: {"store": ratio, "load": ratio}}``),
+``front_end_us_by_format`` (microseconds per call of ours spent outside the C++
+copy: the op's Python checks and plane table, a fixed cost per call) and the
 raw figures.
 """
 
@@ -43,6 +45,7 @@ import gc
 import os
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, bar_chart, format_table, print_json_last, time_calls  # noqa: E402
 
 import lmcache_ascend.ops as ops  # noqa: E402
+from lmcache_ascend.kernels import host  # noqa: E402
 from lmcache_ascend.core.kv_format import KVFormat  # noqa: E402
 from lmcache.lmcache_native import EngineKVFormat as F  # noqa: E402
 from lmcache.lmcache_native import PageBufferShapeDesc  # noqa: E402
@@ -146,6 +150,7 @@ def _measure(calls, nbytes: int, repeat: int, rotate: int, upstream_ok: bool) ->
             "ours": statistics.median(o for _, o in pairs),
             "memcpy": statistics.median(m for m, _ in pairs),
             "vs_memcpy": statistics.median(o / m for m, o in pairs),
+            "front_end_us": _front_end_us(ours_fns, per_round),
         }
         os.environ["LMCACHE_ASCEND_KERNEL_BACKEND"] = "torch"
         try:
@@ -234,6 +239,42 @@ def _gbps(fns, nbytes: int, repeat: int) -> float:
     return nbytes / time_calls(fns, repeat=repeat) / 1e9
 
 
+class _CoreTimer:
+    """Stands in for the C++ core (``host._kvcore``), timing its ``transfer_planes`` calls."""
+
+    def __init__(self, core: object) -> None:
+        self.core = core
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.core, name)
+
+    def transfer_planes(self, *args: object) -> None:
+        start = time.perf_counter()
+        try:
+            self.core.transfer_planes(*args)  # type: ignore[attr-defined]
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _front_end_us(fns, calls: int) -> float:
+    """Microseconds per call of ours spent outside the C++ copy: the op's Python checks
+    and plane table (a fixed cost per call, which a small chunk feels most)."""
+    timer = _CoreTimer(host._kvcore)
+    host._kvcore = timer  # type: ignore[assignment]
+    try:
+        for fn in fns:  # the swap's first calls look names up afresh
+            fn()
+        timer.seconds = 0.0
+        start = time.perf_counter()
+        for i in range(calls):
+            fns[i % len(fns)]()
+        total = time.perf_counter() - start
+    finally:
+        host._kvcore = timer.core  # type: ignore[assignment]
+    return (total - timer.seconds) / calls * 1e6
+
+
 @functools.lru_cache(maxsize=1)
 def _memcpy_calls(nbytes: int, rotate: int) -> list:
     """``rotate`` contiguous copies of ``nbytes`` (distinct buffer pairs, cold like the chunks)."""
@@ -284,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, per_dir in results.items():
         for direction, r in per_dir.items():
             up = r["upstream"]
-            rows.append([name, direction, r["ours"], r["ours-torch"], up, r["memcpy"], r["vs_memcpy"], r["ours"] / up if up else None])
-    print(format_table(["format", "op", "ours GB/s", "ours-torch GB/s", "upstream GB/s", "memcpy GB/s", "ours/memcpy", "ours/upstream"], rows))
+            rows.append([name, direction, r["ours"], r["ours-torch"], up, r["memcpy"], r["vs_memcpy"], r["ours"] / up if up else None, r["front_end_us"]])
+    headers = ["format", "op", "ours GB/s", "ours-torch GB/s", "upstream GB/s", "memcpy GB/s", "ours/memcpy", "ours/upstream", "front end us/call"]
+    print(format_table(headers, rows))
 
     plot = bar_chart(
         a.plot,
@@ -314,6 +356,7 @@ def _summary(results: dict[str, Rows]) -> dict[str, object]:
     out: dict[str, object] = {
         "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),  # type: ignore[type-var]
         "vs_memcpy_by_format": vs_memcpy,
+        "front_end_us_by_format": {n: {d: r["front_end_us"] for d, r in per_dir.items()} for n, per_dir in results.items()},
     }
     head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
     if head is None:
