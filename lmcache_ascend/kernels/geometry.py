@@ -10,6 +10,8 @@ divide the buffer) with a ``ValueError`` naming the argument.
 
 from __future__ import annotations
 
+import functools
+
 from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import NZ_PIECE, KVGeometry
 from lmcache_ascend.kernels.validate import fail
@@ -31,6 +33,8 @@ def heads_matter(spec: FormatSpec) -> bool:
     return spec.is_hnd or spec.kv_inner or spec.axes[token + 1] != "NH"
 
 
+# Pure functions of hashable arguments, asked on every op call: computed once per distinct call shape.
+@functools.lru_cache(maxsize=256)
 def slot_geometry(
     spec: FormatSpec,
     *,
@@ -97,6 +101,7 @@ def _heads(spec: FormatSpec, row_elems: int, head_size: int, fused: bool) -> tup
     return row_elems // per_head, head_size
 
 
+@functools.lru_cache(maxsize=256)
 def tensor_geometry(spec: FormatSpec, shape: tuple[int, ...], itemsize: int, num_layers: int, name: str) -> KVGeometry:
     """Geometry read off one paged buffer's shape (the engine's own tensor)."""
     if spec.buffers == "layer_planes":

@@ -71,6 +71,13 @@ def _null_ptr(p: torch.Tensor, _: PagedCache) -> torch.Tensor:
     return q
 
 
+def _high_ptr(p: torch.Tensor, _: PagedCache) -> torch.Tensor:
+    """A uint64 table whose last address is >= 2**63 (read as int64 it is negative)."""
+    q = p.clone()
+    q[-1] = -(2**62)
+    return q.to(torch.uint64)
+
+
 SLOT_CASES: dict[str, tuple[type[Exception], str, Callable[[Kw, PagedCache], None]]] = {
     "slot-equal-to-num-slots": (ValueError, "slot_mapping", _slots([0, G.num_slots])),
     "slot-huge": (ValueError, "slot_mapping", _slots([2**40])),
@@ -81,6 +88,7 @@ SLOT_CASES: dict[str, tuple[type[Exception], str, Callable[[Kw, PagedCache], Non
     "slot-mapping-list": (TypeError, "slot_mapping", _map("slot_mapping", lambda s, _: s.tolist())),
     "short-pointer-table": (ValueError, "key_value_ptrs", _map("key_value_ptrs", lambda p, _: p[:1])),
     "null-pointer": (ValueError, "key_value_ptrs", _map("key_value_ptrs", _null_ptr)),
+    "uint64-pointer-past-2-63": (ValueError, "key_value_ptrs", _map("key_value_ptrs", _high_ptr)),
     "pointers-as-dict": (TypeError, "key_value_ptrs", _with(key_value_ptrs={})),
     "too-few-layer-tensors": (ValueError, "key_value_ptrs", _map("key_value_ptrs", lambda p, c: c.buffers()[:1])),
     "layer-tensor-wrong-shape": (
