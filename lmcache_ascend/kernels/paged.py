@@ -201,7 +201,7 @@ def _from_pointers(
         values = ptrs.numpy()[:need].view(np.int64)  # zero-copy view, read only; numpy slices cheaper than torch
     else:
         values = np.array(ptrs[:need].view(torch.int64).tolist(), dtype=np.int64)
-    if values.min() <= 0:
+    if values.size and values.min() <= 0:
         # Neither a null nor a negative address is host or device memory.
         bad = int(np.argmin(values > 0))
         fail(ValueError, name, f"holds an invalid address {int(values[bad])} at index {bad} (null or negative)")
