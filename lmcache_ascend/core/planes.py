@@ -271,7 +271,7 @@ class PlaneSet:
     objects: tuple[ObjectPlane, ...]
     table: npt.NDArray[np.int64]
     buffer_index: npt.NDArray[np.int64]
-    token_bytes: int  # what one token moves over every plane (heads x bytes per head)
+    token_bytes: int  # what one token moves over every plane: columns 4 x 5 (heads x bytes per head), summed
 
     @classmethod
     def build(cls, paged: Sequence[PagedPlane], objects: Sequence[ObjectPlane]) -> PlaneSet:

@@ -26,8 +26,8 @@ STREAMING_MIN_BYTES = 4 << 20
 
 def num_threads() -> int:
     """Worker threads for host copies: ``$LMCACHE_ASCEND_NUM_THREADS`` or all cores (max 16)."""
-    env = os.environ
-    return _threads(env.get(THREAD_POOL_ENV), env.get(NUM_THREADS_ENV))
+    _pool_setting(os.environ.get(THREAD_POOL_ENV))  # every copy refuses a bad pool setting
+    return _thread_count(os.environ.get(NUM_THREADS_ENV))
 
 
 def thread_pool() -> str:
@@ -35,25 +35,30 @@ def thread_pool() -> str:
     libgomp threads, which CPU engines compute on: no second set of threads competing for
     their cores) or ``"own"`` (the core's own pool: no OpenMP runtime loaded, forked after
     using it, or ``$LMCACHE_ASCEND_THREAD_POOL=own``). See ``csrc/openmp_team.h``."""
-    num_threads()  # refuses a bad setting
+    _pool_setting(os.environ.get(THREAD_POOL_ENV))
     return _kvcore.thread_pool_in_use()
 
 
-# Every copy reads its settings; parsing them is done once per distinct value
+# Every copy reads its settings; each is parsed once per distinct raw value
 # (a few microseconds a call otherwise, on ops that move a few hundred).
 @functools.lru_cache(maxsize=16)
-def _threads(pool: str | None, threads: str | None) -> int:
-    setting = (pool or "auto").strip().lower() or "auto"
+def _pool_setting(raw: str | None) -> str:
+    setting = (raw or "auto").strip().lower() or "auto"
     if setting not in ("auto", "own"):
         raise ValueError(f"{THREAD_POOL_ENV} must be auto or own, got {setting!r}")
-    if threads is None:
+    return setting
+
+
+@functools.lru_cache(maxsize=16)
+def _thread_count(raw: str | None) -> int:
+    if raw is None:
         return _default_threads()
     try:
-        value = int(threads)
+        value = int(raw)
     except ValueError:
-        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {threads!r}") from None
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {raw!r}") from None
     if value < 1:
-        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {threads!r}")
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {raw!r}")
     return value
 
 
@@ -84,15 +89,12 @@ def run_planes(
     num_tokens: int,
     skip_prefix: int,
     direction: int,
-    token_bytes: int | None = None,
+    token_bytes: int,
 ) -> None:
-    """Execute one plane table (see ``csrc/plane_transfer.h``). ``token_bytes``
-    (``PlaneSet.token_bytes``) is what one token moves; read from the table when not given."""
+    """Execute one plane table (see ``csrc/plane_transfer.h``); ``token_bytes``
+    (``PlaneSet.token_bytes``) is what one token moves over all of its planes."""
     if table.shape[0] == 0 or num_tokens == 0:
         return
-    if token_bytes is None:
-        # Columns 4 and 5: heads and bytes per head, i.e. one token's row per plane.
-        token_bytes = int((table[:, 4] * table[:, 5]).sum())
     nbytes = token_bytes * (num_tokens - skip_prefix)
     _kvcore.transfer_planes(
         table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads(), use_streaming(nbytes)
