@@ -41,6 +41,7 @@ from tests.kernels.reference import (
 )
 
 DESC_FIELDS = ("kv_size", "nl", "nb", "bs", "nh", "hs", "element_size", "block_stride_elems")
+EXTRA_BLOCK = "one block id too many"
 GEOMETRY_NAMES = ("shape_desc", "paged_buffer_ptrs_tensor", "lmcache_chunk_size", "lmcache_objects_ptrs", "block_ids")
 
 
@@ -83,10 +84,11 @@ def _block_ids(kind: str) -> Fault:
         elif kind == "extra":
             # one more block than the objects hold, whenever it opens a new object
             free = sorted(set(range(nb)) - set(b.tolist()))
-            if not free or b.numel() % call.ctx["blocks_per_object"]:
-                return
+            objs = call.kwargs["lmcache_objects_ptrs"]
+            if not free or b.numel() % call.ctx["blocks_per_object"] or len(objs) != call.ctx["num_objects"]:
+                return  # (an extra object already there would hold the new block: the call stays valid)
             new = torch.cat([b, torch.tensor([free[0]])])
-            call.mark_bad("one block id too many", "block_ids", "lmcache_objects_ptrs")
+            call.mark_bad(EXTRA_BLOCK, "block_ids", "lmcache_objects_ptrs")
             call.kwargs["block_ids"] = new
             return
         else:
@@ -123,6 +125,8 @@ def _objects(kind: str) -> Fault:
             call.set(arg, new, f"{arg}[{i}] as a flat byte view")
             return
         if kind == "extra":
+            if EXTRA_BLOCK in call.applied:
+                return  # the appended object would hold the extra block id: the call would be valid
             call.set(arg, [*objs, objs[0]], f"{arg} one object too many")
             return
         if kind == "short":
