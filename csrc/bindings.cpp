@@ -9,6 +9,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "host_memory.h"
@@ -30,7 +32,7 @@ void transfer_planes_py(const py::array_t<int64_t, py::array::c_style>& planes,
                         int64_t skip_prefix, int direction, int num_threads,
                         bool streaming) {
   if (planes.ndim() != 2 || planes.shape(1) != kPlaneFields) {
-    throw py::value_error("planes must be an int64 array of shape [P, 10]");
+    throw py::value_error("planes must be an int64 array of shape [P, " + std::to_string(kPlaneFields) + "]");
   }
   la::SlotList slots{reinterpret_cast<const void*>(slots_addr), slots_itemsize, num_tokens};
   const auto* specs = reinterpret_cast<const la::PlaneSpec*>(planes.data());
@@ -38,6 +40,47 @@ void transfer_planes_py(const py::array_t<int64_t, py::array::c_style>& planes,
   py::gil_scoped_release release;
   la::transfer_planes(specs, count, slots, skip_prefix,
                       static_cast<la::Direction>(direction), num_threads, streaming);
+}
+
+// A bad block id is the caller's error: ValueError (pybind11 would make
+// std::out_of_range an IndexError), raised with the GIL held again.
+void transfer_blocks_py(const py::array_t<int64_t, py::array::c_style>& planes,
+                        const py::array_t<int64_t, py::array::c_style>& buffer_index,
+                        const py::array_t<int64_t, py::array::c_style>& buffer_ptrs,
+                        const std::vector<uintptr_t>& objects, uintptr_t block_ids_addr,
+                        int block_ids_itemsize, int64_t num_block_ids, int64_t block_size,
+                        int64_t blocks_per_object, int64_t num_blocks, int64_t skip_blocks,
+                        int direction, int num_threads, int64_t streaming_min_bytes) {
+  if (planes.ndim() != 2 || planes.shape(1) != kPlaneFields) {
+    throw py::value_error("planes must be an int64 array of shape [P, " + std::to_string(kPlaneFields) + "]");
+  }
+  if (buffer_index.ndim() != 1 || buffer_index.shape(0) != planes.shape(0)) {
+    throw py::value_error("buffer_index must hold one buffer per plane");
+  }
+  if (buffer_ptrs.ndim() != 1) throw py::value_error("buffer_ptrs must be 1-D");
+  const la::BlockCall call{buffer_index.data(),
+                           buffer_ptrs.data(),
+                           buffer_ptrs.shape(0),
+                           objects.data(),
+                           static_cast<int64_t>(objects.size()),
+                           la::SlotList{reinterpret_cast<const void*>(block_ids_addr),
+                                        block_ids_itemsize, num_block_ids},
+                           block_size,
+                           blocks_per_object,
+                           num_blocks,
+                           skip_blocks};
+  const auto* specs = reinterpret_cast<const la::PlaneSpec*>(planes.data());
+  std::string bad_id;
+  {
+    py::gil_scoped_release release;
+    try {
+      la::transfer_blocks(specs, planes.shape(0), call, static_cast<la::Direction>(direction),
+                          num_threads, streaming_min_bytes);
+    } catch (const std::out_of_range& e) {
+      bad_id = e.what();
+    }
+  }
+  if (!bad_id.empty()) throw py::value_error(bad_id);
 }
 
 void batched_copy_py(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
@@ -62,6 +105,12 @@ PYBIND11_MODULE(_kvcore, m) {
         py::arg("slots_itemsize"), py::arg("num_tokens"), py::arg("skip_prefix"),
         py::arg("direction"), py::arg("num_threads"), py::arg("streaming") = false,
         "Copy between paged buffers and memory objects along a plane table.");
+  m.def("transfer_blocks", &transfer_blocks_py, py::arg("planes"), py::arg("buffer_index"),
+        py::arg("buffer_ptrs"), py::arg("objects"), py::arg("block_ids_addr"),
+        py::arg("block_ids_itemsize"), py::arg("num_block_ids"), py::arg("block_size"),
+        py::arg("blocks_per_object"), py::arg("num_blocks"), py::arg("skip_blocks"),
+        py::arg("direction"), py::arg("num_threads"), py::arg("streaming_min_bytes"),
+        "Copy whole blocks between paged buffers and memory objects (one object per chunk).");
   m.def("batched_copy", &batched_copy_py, py::arg("src"), py::arg("dst"), py::arg("sizes"),
         py::arg("num_threads"));
   m.def("host_alloc", &host_alloc_py, py::arg("size"), py::arg("alignment"),

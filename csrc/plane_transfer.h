@@ -64,4 +64,29 @@ void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
                      const SlotList& slots, int64_t skip_prefix,
                      Direction direction, int num_threads, bool streaming);
 
+// Block-granular form (LMCache's multi_layer_block_kv_transfer), one call for
+// every object of a request. `planes` is the call's table with paged_base
+// relative to buffer `buffer_index[p]` of `buffer_ptrs` and obj_base relative
+// to the object; object i holds blocks [i * blocks_per_object, (i + 1) *
+// blocks_per_object) of `block_ids` (the last one may be partly filled), token
+// u of a block at slot block * block_size + u. The first `skip_blocks` block
+// ids are left untouched. Every block id is checked against [0, num_blocks)
+// before any byte moves (std::out_of_range naming the first bad one). Objects
+// of at least `streaming_min_bytes` are written with non-temporal stores.
+struct BlockCall {
+  const int64_t* buffer_index;
+  const int64_t* buffer_ptrs;
+  int64_t num_buffers;
+  const uintptr_t* objects;
+  int64_t num_objects;
+  SlotList block_ids;
+  int64_t block_size;
+  int64_t blocks_per_object;
+  int64_t num_blocks;
+  int64_t skip_blocks;
+};
+
+void transfer_blocks(const PlaneSpec* planes, int64_t num_planes, const BlockCall& call,
+                     Direction direction, int num_threads, int64_t streaming_min_bytes);
+
 }  // namespace lmcache_ascend

@@ -19,6 +19,22 @@ def transfer_planes(
     num_threads: SupportsIndex,
     streaming: bool = False,
 ) -> None: ...
+def transfer_blocks(
+    planes: npt.NDArray[np.int64],
+    buffer_index: npt.NDArray[np.int64],
+    buffer_ptrs: npt.NDArray[np.int64],
+    objects: Sequence[SupportsIndex],
+    block_ids_addr: SupportsIndex,
+    block_ids_itemsize: SupportsIndex,
+    num_block_ids: SupportsIndex,
+    block_size: SupportsIndex,
+    blocks_per_object: SupportsIndex,
+    num_blocks: SupportsIndex,
+    skip_blocks: SupportsIndex,
+    direction: SupportsIndex,
+    num_threads: SupportsIndex,
+    streaming_min_bytes: SupportsIndex,
+) -> None: ...
 def batched_copy(
     src: Sequence[SupportsIndex], dst: Sequence[SupportsIndex], sizes: Sequence[SupportsIndex], num_threads: SupportsIndex
 ) -> None: ...

@@ -74,6 +74,23 @@ def use_streaming(nbytes: int) -> bool:
     return setting == "on" or (setting == "auto" and nbytes >= STREAMING_MIN_BYTES)
 
 
+def copy_settings() -> tuple[int, int]:
+    """:func:`num_threads`, and the smallest transfer written with streaming stores (what
+    :func:`use_streaming` decides, as a threshold the core applies per object): one call
+    for the block ops, which read them on every call."""
+    return _copy_settings(os.environ.get(THREAD_POOL_ENV), os.environ.get(NUM_THREADS_ENV), os.environ.get(STREAMING_ENV))
+
+
+@functools.lru_cache(maxsize=16)
+def _copy_settings(pool: str | None, threads: str | None, streaming: str | None) -> tuple[int, int]:
+    _pool_setting(pool)
+    count = _thread_count(threads)
+    return count, {"on": 0, "off": _NEVER}.get(_streaming_setting(streaming), STREAMING_MIN_BYTES)
+
+
+_NEVER = 2**63 - 1
+
+
 @functools.lru_cache(maxsize=16)
 def _streaming_setting(raw: str | None) -> str:
     setting = (raw or "auto").strip().lower() or "auto"
@@ -98,6 +115,29 @@ def run_planes(
     nbytes = token_bytes * (num_tokens - skip_prefix)
     _kvcore.transfer_planes(
         table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads(), use_streaming(nbytes)
+    )
+
+
+def run_blocks(
+    table: npt.NDArray[np.int64],
+    buffer_index: npt.NDArray[np.int64],
+    buffer_ptrs: npt.NDArray[np.int64],
+    objects: list[int],
+    block_ids: tuple[int, int, int],
+    block_size: int,
+    blocks_per_object: int,
+    num_blocks: int,
+    skip_blocks: int,
+    direction: int,
+) -> None:
+    """Execute a block-granular call (``transfer_blocks`` in ``csrc/plane_transfer.h``): ``table``
+    relative to buffer ``buffer_index[p]`` and to each object; ``block_ids`` the (address, itemsize,
+    count) of contiguous int32 / int64 host ids. A block id outside ``[0, num_blocks)`` is a
+    ``ValueError`` before any byte moves."""
+    threads, streaming_min = copy_settings()
+    _kvcore.transfer_blocks(
+        table, buffer_index, buffer_ptrs, objects, *block_ids,
+        block_size, blocks_per_object, num_blocks, skip_blocks, direction, threads, streaming_min,
     )
 
 

@@ -119,15 +119,26 @@ def resolve_buffers(
         arg = [arg]
     if not isinstance(arg, (list, tuple)):
         fail(TypeError, name, f"must be an int64 pointer tensor or a list of tensors, got {type(arg).__name__}")
-    tensors = _flatten(arg)
-    key = (id(arg), spec, geometry, device, dtype)
-    hit = _CHECKED.get(key)
-    if hit is not None and hit.matches(tensors):  # the very tensors checked before: all torch.Tensor
-        return PagedBuffers(spec, geometry, device, hit.ptrs, cast(list[torch.Tensor], tensors))
-    paged = _check_tensors(tensors, spec, geometry, device, dtype, name)
+    hit = None if wrapped else cached_buffers(arg, spec, geometry, device, dtype)
+    if hit is not None:
+        return hit
+    paged = _check_tensors(_flatten(arg), spec, geometry, device, dtype, name)
     if not wrapped and paged.tensors is not None:  # a fresh one-item list per call would only churn the cache
-        _remember(key, _Checked(tuple(weakref.ref(t) for t in paged.tensors), paged.ptrs.tolist(), paged.ptrs))
+        entry = _Checked(tuple(weakref.ref(t) for t in paged.tensors), paged.ptrs.tolist(), paged.ptrs)
+        _remember((id(arg), spec, geometry, device, dtype), entry)
     return paged
+
+
+def cached_buffers(arg: object, spec: FormatSpec, geometry: KVGeometry, device: torch.device, dtype: torch.dtype) -> PagedBuffers | None:
+    """What :func:`resolve_buffers` found for this very list of tensors before, if they are
+    still alive at the same addresses (see :class:`_Checked`); None otherwise (nothing is checked)."""
+    hit = _CHECKED.get((id(arg), spec, geometry, device, dtype))
+    if hit is None:
+        return None
+    tensors = _flatten(arg)
+    if not hit.matches(tensors):
+        return None
+    return PagedBuffers(spec, geometry, device, hit.ptrs, cast(list[torch.Tensor], tensors))  # matched: all tensors
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ from lmcache_ascend.core.tensor_desc import TensorDesc, describe
 from lmcache_ascend.kernels.validate import SLOT_DTYPES, check_desc, check_slot_count, check_slot_range, fail, in_range
 
 
+_ID_DTYPES = (torch.int32, torch.int64)
+
+
 def check_device(value: object, name: str) -> torch.device:
     """A torch.device (or its string / index form) whose backend is usable here."""
     if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
@@ -96,9 +99,14 @@ def check_slots(slots: object, name: str, num_tokens: int, num_slots: int, skip_
 def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tensor:
     if isinstance(block_ids, (list, tuple)):
         block_ids = torch.tensor(block_ids, dtype=torch.int64)
-    t = check_tensor(block_ids, name, ndim=1, dense=False)
-    if dtype_name(t.dtype) not in SLOT_DTYPES:
-        fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
+    # A plain 1-D host tensor of int32 / int64 ids (every call LMCache makes) needs
+    # nothing more from its description; anything else is described and judged.
+    if type(block_ids) is torch.Tensor and block_ids.dtype in _ID_DTYPES and block_ids.dim() == 1 and block_ids.is_cpu:
+        t = block_ids
+    else:
+        t = check_tensor(block_ids, name, ndim=1, dense=False)
+        if dtype_name(t.dtype) not in SLOT_DTYPES:
+            fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
     # numpy reads a host tensor in place, several times cheaper than torch ops
     live = t.numpy() if t.is_cpu else t
     if t.numel() and not in_range(live, num_blocks):

@@ -161,7 +161,7 @@ def test_block_and_slot_ops_agree(backend: str, gen: torch.Generator) -> None:
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS.values()), ids=list(DIRECTIONS))
-@pytest.mark.parametrize("ids_form", ["list", "int32", "empty"])
+@pytest.mark.parametrize("ids_form", ["list", "int32", "empty", "strided"])
 def test_block_id_forms(backend: str, ids_form: str, direction: int, gen: torch.Generator) -> None:
     cache = make_paged(2, G, torch.float16, gen)
     objects = make_objects(2, 2, G, 2, torch.float16, gen)
@@ -169,6 +169,9 @@ def test_block_id_forms(backend: str, ids_form: str, direction: int, gen: torch.
     want_cache, want_objects = cache.clone(), [o.clone() for o in objects]
     ref_block_transfer(want_cache, want_objects, blocks.tolist(), direction, CHUNK, 1)
     arg: object = blocks.tolist() if ids_form == "list" else blocks.to(torch.int32)
+    if ids_form == "strided":  # every other entry of a longer tensor: not contiguous
+        arg = torch.stack([blocks, torch.full_like(blocks, 10**6)], dim=1)[:, 0]
+        assert not arg.is_contiguous()
     ops.multi_layer_block_kv_transfer(
         cache.pointers(), [o.data_ptr() for o in objects], arg, "cpu", direction, shape_desc(2, 2, G, torch.float16, 2), CHUNK, 2, 1
     )

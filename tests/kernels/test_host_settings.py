@@ -58,3 +58,30 @@ def test_streaming_follows_the_environment_between_calls(monkeypatch: pytest.Mon
     for _ in range(2):
         with pytest.raises(ValueError, match=host.STREAMING_ENV):
             host.use_streaming(1)
+
+
+@pytest.mark.parametrize("value,threshold", [("on", 0), (" Off ", 2**63 - 1), ("auto", host.STREAMING_MIN_BYTES), (None, host.STREAMING_MIN_BYTES)])
+def test_block_op_settings_agree_with_use_streaming(monkeypatch: pytest.MonkeyPatch, value: str | None, threshold: int) -> None:
+    """``copy_settings`` is the block ops' one read of the three settings: the threshold
+    the core applies must decide as ``use_streaming`` does, on both sides of it."""
+    monkeypatch.setenv(host.NUM_THREADS_ENV, "3")
+    monkeypatch.delenv(host.THREAD_POOL_ENV, raising=False)
+    if value is None:
+        monkeypatch.delenv(host.STREAMING_ENV, raising=False)
+    else:
+        monkeypatch.setenv(host.STREAMING_ENV, value)
+    assert host.copy_settings() == (3, threshold)
+    # "off": no transfer reaches the threshold (2**63 - 1 bytes)
+    for nbytes in (threshold, threshold - 1) if threshold < 2**63 - 1 else (2**62,):
+        if nbytes >= 0:
+            assert host.use_streaming(nbytes) is (nbytes >= threshold)
+    monkeypatch.setenv(host.NUM_THREADS_ENV, "2")
+    assert host.copy_settings()[0] == 2
+
+
+@pytest.mark.parametrize("env", [host.NUM_THREADS_ENV, host.THREAD_POOL_ENV, host.STREAMING_ENV])
+def test_block_op_settings_refuse_a_bad_value_on_every_call(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv(env, "bogus")
+    for _ in range(2):
+        with pytest.raises(ValueError, match=env):
+            host.copy_settings()
