@@ -187,7 +187,7 @@ def multi_layer_block_kv_transfer(
     paged, fused = _paged_side(paged_buffer_ptrs_tensor, spec, desc, shape_desc, dev)
     if chunk % desc.bs:
         fail(ValueError, "lmcache_chunk_size", f"{chunk} is not a multiple of the block size {desc.bs}")
-    blocks = check_block_ids(block_ids, "block_ids", desc.nb)
+    blocks = check_block_ids(block_ids, "block_ids", None)  # range: by the core, or below for the torch path
     per_object = chunk // desc.bs
     num_objects = -(-blocks.numel() // per_object)
     geometry = paged.geometry
@@ -202,6 +202,7 @@ def multi_layer_block_kv_transfer(
             host.run_blocks(planes.table, planes.buffer_index, paged.ptrs, addresses, id_array, desc.bs, per_object, desc.nb, skip, direction)
             del ids  # held until the core returned
         return
+    check_block_ids(blocks, "block_ids", desc.nb)
     _run_per_object(_BlockCall(planes, paged, blocks, desc.bs, per_object, skip, direction), objects, nbytes, dev)
 
 

@@ -112,10 +112,9 @@ def run_planes(
     (``PlaneSet.token_bytes``) is what one token moves over all of its planes."""
     if table.shape[0] == 0 or num_tokens == 0:
         return
-    nbytes = token_bytes * (num_tokens - skip_prefix)
-    _kvcore.transfer_planes(
-        table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, num_threads(), use_streaming(nbytes)
-    )
+    threads, streaming_min = copy_settings()
+    streaming = token_bytes * (num_tokens - skip_prefix) >= streaming_min
+    _kvcore.transfer_planes(table, slots_ptr, slots_itemsize, num_tokens, skip_prefix, direction, threads, streaming)
 
 
 def run_blocks(

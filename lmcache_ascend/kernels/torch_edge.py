@@ -57,6 +57,14 @@ def check_tensor(
 ) -> torch.Tensor:
     """``t`` after ``validate.check_desc`` passed on its description (see there).
     Meta tensors (no storage) are refused whatever ``device`` says."""
+    # The common case, a plain host tensor judged only by rank and density, is decided by
+    # torch itself (same rules: size-1 axes' strides do not matter): describing it would
+    # cost more than the rest of a small op's checks.
+    if (
+        type(t) is torch.Tensor and t.is_cpu and shape is None and dtype is None and device is None and not block_stride
+        and (ndim is None or t.dim() == ndim) and (not dense or t.is_contiguous())
+    ):
+        return t
     check_desc(
         describe_tensor(t, name),
         name,
@@ -96,7 +104,10 @@ def check_slots(slots: object, name: str, num_tokens: int, num_slots: int, skip_
     return t
 
 
-def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tensor:
+def check_block_ids(block_ids: object, name: str, num_blocks: int | None) -> torch.Tensor:
+    """1-D int32 / int64 block ids (a list is converted), each in ``[0, num_blocks)``;
+    ``num_blocks=None`` leaves the range to the caller (the host core checks it before
+    any byte moves, in the same words)."""
     if isinstance(block_ids, (list, tuple)):
         block_ids = torch.tensor(block_ids, dtype=torch.int64)
     # A plain 1-D host tensor of int32 / int64 ids (every call LMCache makes) needs
@@ -107,9 +118,10 @@ def check_block_ids(block_ids: object, name: str, num_blocks: int) -> torch.Tens
         t = check_tensor(block_ids, name, ndim=1, dense=False)
         if dtype_name(t.dtype) not in SLOT_DTYPES:
             fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
+    if num_blocks is None or not t.numel():
+        return t
     # numpy reads a host tensor in place, several times cheaper than torch ops
-    live = t.numpy() if t.is_cpu else t
-    if t.numel() and not in_range(live, num_blocks):
+    if not in_range(t.numpy() if t.is_cpu else t, num_blocks):
         bad = int(torch.nonzero((t < 0) | (t >= num_blocks))[0])
         fail(ValueError, name, f"[{bad}] = {int(t[bad])} is outside [0, {num_blocks})")
     return t
