@@ -61,8 +61,9 @@ void transfer_blocks(const PlaneSpec* planes, int64_t num_planes, const BlockCal
 
   std::vector<PlaneSpec> bound(planes, planes + num_planes);
   for (int64_t p = 0; p < num_planes; ++p) bound[p].paged_base += call.buffer_ptrs[call.buffer_index[p]];
-  std::vector<int64_t> slots(static_cast<size_t>(call.blocks_per_object * call.block_size));
   const int64_t bs = call.block_size;
+  // Sized by the blocks an object really gets: a caller's chunk size is not bounded here.
+  std::vector<int64_t> slots(static_cast<size_t>(std::min(call.blocks_per_object, call.block_ids.count) * bs));
   for (int64_t i = 0; i < call.num_objects; ++i) {
     const int64_t first = i * call.blocks_per_object;
     const int64_t blocks = std::min(call.blocks_per_object, call.block_ids.count - first);

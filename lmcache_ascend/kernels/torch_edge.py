@@ -110,14 +110,9 @@ def check_block_ids(block_ids: object, name: str, num_blocks: int | None) -> tor
     any byte moves, in the same words)."""
     if isinstance(block_ids, (list, tuple)):
         block_ids = torch.tensor(block_ids, dtype=torch.int64)
-    # A plain 1-D host tensor of int32 / int64 ids (every call LMCache makes) needs
-    # nothing more from its description; anything else is described and judged.
-    if type(block_ids) is torch.Tensor and block_ids.dtype in _ID_DTYPES and block_ids.dim() == 1 and block_ids.is_cpu:
-        t = block_ids
-    else:
-        t = check_tensor(block_ids, name, ndim=1, dense=False)
-        if dtype_name(t.dtype) not in SLOT_DTYPES:
-            fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
+    t = check_tensor(block_ids, name, ndim=1, dense=False)
+    if t.dtype not in _ID_DTYPES:
+        fail(TypeError, name, f"must hold int32 or int64 block ids, got {t.dtype}")
     if num_blocks is None or not t.numel():
         return t
     # numpy reads a host tensor in place, several times cheaper than torch ops

@@ -145,3 +145,15 @@ def test_a_kv_list_refilled_with_other_tensors_is_derived_afresh(direction: int,
         assert_tensor_equal(got, want, f"paged buffer {i}")
     for i, (got, want) in enumerate(zip(first.storage(), first_before.storage())):
         assert_tensor_equal(got, want, f"first cache buffer {i} (no longer in the list)")
+
+
+def test_core_sizes_its_slot_ids_by_the_blocks_given() -> None:
+    """A chunk of 2**40 blocks with one block id moves one block: the core must not size
+    its slot list by the chunk (that would be 2**44 slot ids, and fail to allocate)."""
+    planes, pool = one_plane(), random_bytes(7 + POOL_BLOCKS * BS * ROW, 0)
+    obj = random_bytes(BS * ROW, 1)
+    ids = np.array([5], dtype=np.int64)
+    want = pool[7 + 5 * BS * ROW : 7 + 6 * BS * ROW].copy()
+    _kvcore.transfer_blocks(planes.table, planes.buffer_index, np.array([pool.ctypes.data]), [obj.ctypes.data],
+                            ids.ctypes.data, 8, 1, BS, 2**40, POOL_BLOCKS, 0, 1, 1, 0)
+    assert np.array_equal(obj, want)
