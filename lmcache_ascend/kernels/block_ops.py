@@ -145,9 +145,7 @@ def _check_objects(objects: object, count_needed: int, nbytes: int) -> list[torc
 
 def _check_object(o: object, index: int, nbytes: int) -> None:
     if isinstance(o, torch.Tensor):
-        # A plain contiguous host tensor (LMCache's memory objects) needs nothing more from its description.
-        if not (type(o) is torch.Tensor and o.is_cpu and o.is_contiguous()):
-            check_tensor(o, f"lmcache_objects_ptrs[{index}]")
+        check_tensor(o, f"lmcache_objects_ptrs[{index}]")
         if o.numel() * o.element_size() < nbytes:
             fail(ValueError, f"lmcache_objects_ptrs[{index}]", f"holds {o.numel() * o.element_size()} bytes, a chunk needs {nbytes}")
         return
