@@ -61,8 +61,8 @@ def check_tensor(
     # torch itself (same rules: size-1 axes' strides do not matter): describing it would
     # cost more than the rest of a small op's checks.
     if (
-        type(t) is torch.Tensor and t.is_cpu and shape is None and dtype is None and device is None and not block_stride
-        and (ndim is None or t.dim() == ndim) and (not dense or t.is_contiguous())
+        type(t) is torch.Tensor and t.is_cpu and t.layout == torch.strided and shape is None and dtype is None
+        and device is None and not block_stride and (ndim is None or t.dim() == ndim) and (not dense or t.is_contiguous())
     ):
         return t
     check_desc(
@@ -84,6 +84,8 @@ def describe_tensor(t: object, name: str) -> TensorDesc:
         fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
     if t.is_meta:
         fail(ValueError, name, "is a meta tensor: it has no data to copy")
+    if t.layout != torch.strided:  # sparse and other layouts have no one base address to copy from
+        fail(TypeError, name, f"must be a dense (strided) tensor, got layout {t.layout}")
     return describe(t)
 
 

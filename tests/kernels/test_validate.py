@@ -62,6 +62,16 @@ def test_meta_tensors_and_other_objects_are_refused_at_the_torch_edge() -> None:
         torch_edge.check_tensor(np.zeros(SHAPE), "key_value")
 
 
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+def test_sparse_tensors_are_refused_by_name(layout: str) -> None:
+    dense = torch.zeros(4, 4)
+    sparse = dense.to_sparse() if layout == "sparse_coo" else dense.to_sparse_csr()
+    with pytest.raises(TypeError, match=rf"slot_mapping must be a dense \(strided\) tensor, got layout torch.{layout}"):
+        torch_edge.check_tensor(sparse, "slot_mapping", ndim=2, dense=False)
+    with pytest.raises(TypeError, match="key_value must be a dense"):
+        torch_edge.check_tensor(sparse, "key_value")
+
+
 @pytest.mark.parametrize(
     ("shape", "strides", "block_stride", "dense"),
     [
