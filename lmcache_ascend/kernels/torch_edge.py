@@ -3,9 +3,10 @@
 The torch ops (``slot_ops``, ``block_ops``, ``memory_ops``, ``group_ops``) and
 the LMCache connectors' argument checks take torch objects here:
 
-- :func:`describe_tensor`, :func:`check_tensor`: a ``torch.Tensor`` (not a meta tensor) is described
-  (``core.TensorDesc``) and judged by ``validate.check_desc``, the check every
-  front end shares; the tensor is returned for the caller's torch work.
+- :func:`describe_tensor`, :func:`check_tensor`: a ``torch.Tensor`` (strided, not a meta tensor) is
+  described (``core.TensorDesc``) and judged by ``validate.check_desc``, the check every
+  front end shares; the tensor is returned for the caller's torch work. A plain host
+  tensor asked only for its rank and density is judged by torch directly (same rules).
 - :func:`check_device`, :func:`check_slots`, :func:`check_block_ids`: a device
   usable in this process; integer slot / block ids, read in place through numpy
   when in host memory.
