@@ -42,7 +42,7 @@ import torch
 from lmcache_ascend.core.kv_format import FormatSpec
 from lmcache_ascend.core.planes import KVGeometry, PlaneSet, multi_layer_plane_set
 from lmcache_ascend.kernels import dispatch, host, torch_path, torch_run
-from lmcache_ascend.kernels.paged import PagedBuffers, cached_buffers, engine_tensor, resolve_buffers, tuple_geometry
+from lmcache_ascend.kernels.paged import PagedBuffers, cached_buffers, engine_tensor, remember, resolve_buffers, tuple_geometry
 from lmcache_ascend.kernels.torch_edge import check_block_ids, check_device, check_tensor
 from lmcache_ascend.kernels.validate import check_direction, check_format, check_int, fail
 
@@ -226,10 +226,7 @@ def _paged_side(arg: object, spec: FormatSpec, desc: _Desc, shape_desc: object, 
     dtype = _paged_dtype(arg, shape_desc, desc)
     paged = resolve_buffers(arg, spec, geometry, dev, dtype, "paged_buffer_ptrs_tensor")
     if paged.tensors is not None:
-        _SIDES.pop(key, None)
-        if len(_SIDES) >= _SIDES_MAX:
-            del _SIDES[next(iter(_SIDES))]
-        _SIDES[key] = _Side(geometry, fused, dtype)
+        remember(_SIDES, key, _Side(geometry, fused, dtype), _SIDES_MAX)
     return paged, fused
 
 

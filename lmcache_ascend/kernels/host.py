@@ -70,8 +70,7 @@ def _default_threads() -> int:
 def use_streaming(nbytes: int) -> bool:
     """``$LMCACHE_ASCEND_STREAMING_STORES``: ``auto`` (default: transfers of at
     least 4 MiB), ``on`` or ``off``."""
-    setting = _streaming_setting(os.environ.get(STREAMING_ENV))
-    return setting == "on" or (setting == "auto" and nbytes >= STREAMING_MIN_BYTES)
+    return nbytes >= _streaming_min(os.environ.get(STREAMING_ENV))
 
 
 def copy_settings() -> tuple[int, int]:
@@ -85,10 +84,14 @@ def copy_settings() -> tuple[int, int]:
 def _copy_settings(pool: str | None, threads: str | None, streaming: str | None) -> tuple[int, int]:
     _pool_setting(pool)
     count = _thread_count(threads)
-    return count, {"on": 0, "off": _NEVER}.get(_streaming_setting(streaming), STREAMING_MIN_BYTES)
+    return count, _streaming_min(streaming)
 
 
-_NEVER = 2**63 - 1
+@functools.lru_cache(maxsize=16)
+def _streaming_min(raw: str | None) -> int:
+    """The smallest transfer streamed under a raw setting ("off": none below 2**63 - 1 bytes,
+    the core's int64 limit, i.e. none at all)."""
+    return {"on": 0, "off": 2**63 - 1}.get(_streaming_setting(raw), STREAMING_MIN_BYTES)
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,7 +14,7 @@ import functools
 import operator
 import weakref
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -125,7 +125,7 @@ def resolve_buffers(
     paged = _check_tensors(_flatten(arg), spec, geometry, device, dtype, name)
     if not wrapped and paged.tensors is not None:  # a fresh one-item list per call would only churn the cache
         entry = _Checked(tuple(weakref.ref(t) for t in paged.tensors), paged.ptrs.tolist(), paged.ptrs)
-        _remember((id(arg), spec, geometry, device, dtype), entry)
+        remember(_CHECKED, (id(arg), spec, geometry, device, dtype), entry, _CHECKED_MAX)
     return paged
 
 
@@ -176,13 +176,15 @@ class _Checked:
 _CHECKED: dict[tuple[object, ...], _Checked] = {}
 _CHECKED_MAX = 8
 _data_ptr = torch.Tensor.data_ptr
+T = TypeVar("T")
 
 
-def _remember(key: tuple[object, ...], entry: _Checked) -> None:
-    _CHECKED.pop(key, None)
-    if len(_CHECKED) >= _CHECKED_MAX:
-        del _CHECKED[next(iter(_CHECKED))]
-    _CHECKED[key] = entry
+def remember(cache: dict[tuple[object, ...], T], key: tuple[object, ...], entry: T, limit: int) -> None:
+    """Put ``entry`` in a small per-KV-list cache, newest last, dropping the oldest past ``limit``."""
+    cache.pop(key, None)
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = entry
 
 
 def _check_tensors(
