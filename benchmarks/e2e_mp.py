@@ -15,9 +15,14 @@ computes its last token over the whole prompt) and this project's in-process
 connector (``LMCacheAscendConnectorV1Dynamic``, LMCache's CPU tier in the
 engine process).
 
+Every set-up sends each prompt cold once and warm ``--warm-passes`` times (one
+sample each), and runs ``--rounds`` times, interleaved (all set-ups, then all
+again): a shared host's slow minutes then fall on every set-up alike rather
+than on whichever ran during them; medians pool every warm sample.
+
 Prints a table, writes ``benchmarks/results/e2e_mp.png``; the last line is one
 JSON object with ``ours_over_upstream`` (median warm TTFT, ascend_cpu /
-default), ``overhead_ours_over_upstream`` (the same for the time above the
+default; ``ours_over_upstream_per_round`` its spread), ``overhead_ours_over_upstream`` (the same for the time above the
 prefix-cache floor: what multi-process mode adds to a warm request),
 ``mp_over_in_process`` (ascend_cpu / in-process connector), the CPU model and
 the raw times. For multi-process runs it also reports the server's retrieve
@@ -66,7 +71,7 @@ def _options(a: argparse.Namespace, prompts: list[list[int]]) -> dict:
         "model_dir": str(a.model_dir),
         "max_model_len": a.prefix_tokens + 64,
         "max_tokens": 4,
-        "prompts": [warmup, *prompts, *prompts],
+        "prompts": [warmup, *prompts * (1 + a.warm_passes)],
     }
 
 
@@ -90,14 +95,16 @@ def retrieve_windows_ms(log: str) -> list[float]:
     return [float(m.group(2)) * 1000 for m in _RETRIEVED.finditer(log)]
 
 
-def run_backend(name: str, a: argparse.Namespace, prompts: list[list[int]], workdir: Path) -> tuple[list[dict], list[dict], list[float]]:
+def run_backend(
+    name: str, a: argparse.Namespace, prompts: list[list[int]], workdir: Path, rnd: int = 0
+) -> tuple[list[dict], list[dict], list[float]]:
     """Cold and warm results, and the server's retrieve windows of the warm prompts."""
     backend = BACKENDS[name]
     options = {**_options(a, prompts), "device_backend": backend}
-    log_path = workdir / f"server-{name}.log"
+    log_path = workdir / f"server-{name}-{rnd}.log"
     with running_server(backend=backend, log_path=log_path, l1_gb=a.l1_gib, shm_name=f"lmc_bench_{name}") as srv:
         results = run_engine({**options, "mp_port": srv.port}, rpc_dir=workdir, env=_env(a))
-    windows = retrieve_windows_ms(log_path.read_text(errors="replace"))[-len(prompts):]
+    windows = retrieve_windows_ms(log_path.read_text(errors="replace"))[-len(prompts) * a.warm_passes :]
     return (*_cold_warm(results, len(prompts)), windows)
 
 
@@ -107,6 +114,33 @@ def run_peer(peer: str, a: argparse.Namespace, prompts: list[list[int]], workdir
     return _cold_warm(run_engine({**_options(a, prompts), **extra}, rpc_dir=workdir, env=_env(a)), len(prompts))
 
 
+Runs = dict[str, list[tuple[list[dict], list[dict]]]]
+
+
+def _run_all(a: argparse.Namespace, prompts: list[list[int]], steps: int) -> tuple[Runs, dict[str, list[float]]]:
+    """Per set-up, per round: (cold, warm results); per backend, every warm retrieve window."""
+    runs: Runs = {}
+    windows: dict[str, list[float]] = {name: [] for name in BACKENDS}
+    step = 1
+    with tempfile.TemporaryDirectory(prefix="lmcache-ascend-mp-bench-") as tmp:
+        for rnd in range(a.rounds):
+            for name in BACKENDS:
+                step += 1
+                print(f"[{step}/{steps}] round {rnd + 1}/{a.rounds}, lmcache server + vLLM CPU, device backend {name}", flush=True)
+                cold, warm, seen = run_backend(name, a, prompts, Path(tmp), rnd)
+                runs.setdefault(name, []).append((cold, warm))
+                windows[name] += seen
+            for peer, what in PEERS.items():
+                step += 1
+                print(f"[{step}/{steps}] round {rnd + 1}/{a.rounds}, {what}", flush=True)
+                runs.setdefault(peer, []).append(run_peer(peer, a, prompts, Path(tmp)))
+    return runs, windows
+
+
+def _med(results: list[dict]) -> float:
+    return statistics.median(r["ttft_s"] for r in results) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
@@ -114,45 +148,44 @@ def main(argv: list[str] | None = None) -> int:
     # the last token, so vLLM's prefix cache is the floor of a warm request.
     p.add_argument("--prefix-tokens", type=int, default=4097)
     p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--warm-passes", type=int, default=3, help="warm repeats of every prompt per engine")
+    p.add_argument("--rounds", type=int, default=2, help="start every set-up this many times, interleaved")
     p.add_argument("--l1-gib", type=float, default=3.0, help="the server's L1 (shared memory) pool")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "e2e_mp.png")
     a = p.parse_args(argv)
+    for arg in ("prompts", "warm_passes", "rounds"):
+        if getattr(a, arg) < 1:
+            p.error(f"--{arg.replace('_', '-')} must be >= 1")
 
     spec = KV_HEAVY
+    steps = 2 + a.rounds * (len(BACKENDS) + len(PEERS))
     moved = a.prefix_tokens // 256 * 256 * spec.kv_bytes_per_token
-    print(f"[1/6] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
+    print(f"[1/{steps}] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
           f"{spec.kv_bytes_per_token // 1024} KiB KV per token; {a.prefix_tokens}-token prompts move {moved / 2**20:.0f} MiB", flush=True)
     build(a.model_dir, spec)
     prompts = [prompt_token_ids(a.prefix_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
-    runs, windows = {}, {}
-    with tempfile.TemporaryDirectory(prefix="lmcache-ascend-mp-bench-") as tmp:
-        for i, name in enumerate(BACKENDS, start=2):
-            print(f"[{i}/6] lmcache server + vLLM CPU, device backend {name}", flush=True)
-            cold, warm, windows[name] = run_backend(name, a, prompts, Path(tmp))
-            runs[name] = (cold, warm)
-        for i, (peer, what) in enumerate(PEERS.items(), start=4):
-            print(f"[{i}/6] {what}", flush=True)
-            runs[peer] = run_peer(peer, a, prompts, Path(tmp))
-
-    def med(results: list[dict]) -> float:
-        return statistics.median(r["ttft_s"] for r in results) * 1000
+    per_round, windows = _run_all(a, prompts, steps)
+    runs = {name: ([c for cold, _ in rs for c in cold], [w for _, warm in rs for w in warm]) for name, rs in per_round.items()}
 
     rows, same = [], True
-    for name, (cold, warm) in runs.items():
-        same &= all(c["token_ids"] == w["token_ids"] for c, w in zip(cold, warm))
-        rows.append([ROW_NAMES[name], med(cold), med(warm), min(w["from_lmcache"] for w in warm)])
-    warm_ms = {name: med(warm) for name, (_, warm) in runs.items()}
+    for name, rs in per_round.items():
+        same &= all(w["token_ids"] == cold[i % a.prompts]["token_ids"] for cold, warm in rs for i, w in enumerate(warm))
+        cold, warm = runs[name]
+        rows.append([ROW_NAMES[name], _med(cold), _med(warm), min(w["from_lmcache"] for w in warm)])
+    warm_ms = {name: _med(warm) for name, (_, warm) in runs.items()}
     ours, upstream, floor = warm_ms["ascend_cpu"], warm_ms["default"], warm_ms["prefix_cache"]
-    print(f"[6/6] results on {cpu_model()} (median of {a.prompts} prompts)")
+    by_round = [_med(o[1]) / _med(u[1]) for o, u in zip(per_round["ascend_cpu"], per_round["default"])]
+    print(f"[{steps}/{steps}] results on {cpu_model()} (median of {len(runs['ascend_cpu'][1])} warm samples per set-up: "
+          f"{a.prompts} prompts x {a.warm_passes} passes x {a.rounds} rounds)")
     for row, name in zip(rows, runs):
         row.append(statistics.median(windows[name]) if windows.get(name) else None)
     print(format_table(["run", "cold TTFT ms", "warm TTFT ms", "tokens reused", "server retrieve window ms"], rows))
-    print(f"warm TTFT ascend_cpu / default: {ours / upstream:.2f}; above the prefix-cache floor "
-          f"({floor:.0f} ms): {(ours - floor) / (upstream - floor):.2f}; ascend_cpu / in-process connector: "
-          f"{ours / warm_ms['in_process']:.2f}; greedy outputs identical cold vs warm: {'yes' if same else 'NO'}")
+    print(f"warm TTFT ascend_cpu / default: {ours / upstream:.2f} (by round: {' / '.join(f'{r:.2f}' for r in by_round)}); "
+          f"above the prefix-cache floor ({floor:.0f} ms): {(ours - floor) / (upstream - floor):.2f}; ascend_cpu / in-process "
+          f"connector: {ours / warm_ms['in_process']:.2f}; greedy outputs identical cold vs warm: {'yes' if same else 'NO'}")
     plot = bar_chart(a.plot, f"LMCache MP mode, vLLM CPU, {a.prefix_tokens}-token prompt", [r[0] for r in rows],
                      {"cold TTFT": [r[1] for r in rows], "warm TTFT": [r[2] for r in rows]}, "ms")
     if plot:
@@ -160,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print_json_last({
             "ours_over_upstream": ours / upstream,
+            "ours_over_upstream_per_round": by_round,
             "overhead_ours_over_upstream": (ours - floor) / (upstream - floor),
             "mp_over_in_process": ours / warm_ms["in_process"],
             "warm_ttft_ms_ascend_cpu": ours,
@@ -168,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             "warm_ttft_ms_in_process": warm_ms["in_process"],
             "server_retrieve_ms_ascend_cpu": statistics.median(windows["ascend_cpu"]) if windows["ascend_cpu"] else None,
             "server_retrieve_ms_default": statistics.median(windows["default"]) if windows["default"] else None,
-            "cold_ttft_ms_ascend_cpu": med(runs["ascend_cpu"][0]),
-            "cold_ttft_ms_default": med(runs["default"][0]),
+            "cold_ttft_ms_ascend_cpu": _med(runs["ascend_cpu"][0]),
+            "cold_ttft_ms_default": _med(runs["default"][0]),
+            "warm_samples": len(runs["ascend_cpu"][1]),
+            "rounds": a.rounds,
             "kv_bytes_per_prompt": moved,
             "identical_outputs": same,
             "cpu": cpu_model(),

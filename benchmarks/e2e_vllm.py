@@ -13,7 +13,10 @@ each of ``--prompts`` distinct prompts of ``--prefix-tokens`` tokens (default
 - ``ExampleConnector``: vLLM's own disk connector (safetensors files), warm repeat.
 
 Each configuration runs in its own engine process after one warm-up prompt,
-with the same OpenMP core binding (``VLLM_CPU_OMP_THREADS_BIND``, default: all
+``--warm-passes`` warm repeats of every prompt (one sample each), and
+``--rounds`` times, interleaved (all configurations, then all again): a
+shared host's slow minutes then fall on every configuration alike rather
+than on whichever ran during them. All runs share the same OpenMP core binding (``VLLM_CPU_OMP_THREADS_BIND``, default: all
 cores): left on ``auto``, vLLM reserves a different number of cores with and
 without a KV connector, which would compare different compute budgets.
 Prints a table, writes ``benchmarks/results/e2e_vllm.png``; the last line is one
@@ -21,7 +24,8 @@ JSON object with ``warm_over_cold`` (warm / cold TTFT), ``store_overhead`` (cold
 with the connector / baseline), ``warm_over_example`` and
 ``warm_over_prefix_cache`` (our warm TTFT / the peer's), and
 ``hit_tokens_vs_prefix_cache`` (tokens we served / tokens vLLM's prefix cache
-served), medians over the prompts, and the CPU model.
+served), medians over every warm sample of every round, the spread of the
+per-round ratios (``*_per_round``), and the CPU model.
 """
 
 from __future__ import annotations
@@ -47,44 +51,78 @@ def _median_ms(results: list[dict]) -> float:
     return statistics.median(r["ttft_s"] for r in results) * 1000
 
 
+# name: (what runs, engine options, whether it has warm passes); ExampleConnector's
+# files go to a directory of the round (a second round must start cold too).
+def _configs(work: Path, rnd: int) -> dict[str, tuple[str, dict, bool]]:
+    return {
+        "base": ("baseline: vLLM CPU without connector", {"connector": False}, False),
+        "ours": ("LMCacheAscendConnectorV1Dynamic: cold, then warm", {"connector": True}, True),
+        "pc": ("vLLM's prefix cache (no connector): cold, then warm", {"connector": False, "prefix_caching": True}, True),
+        "ex": ("vLLM's ExampleConnector (disk): cold, then warm",
+               {"connector": False, "example_storage": str(work / f"example-{rnd}")}, True),
+    }
+
+
+def _run_all(a: argparse.Namespace, common: dict, env: dict) -> dict[str, list[tuple[list[dict], list[dict]]]]:
+    """Per configuration, per round: (cold results, warm results of every pass)."""
+    warmup = prompt_token_ids(a.prefix_tokens, offset=999)
+    prompts = [prompt_token_ids(a.prefix_tokens, offset=17 * (i + 1)) for i in range(a.prompts)]
+    runs: dict[str, list[tuple[list[dict], list[dict]]]] = {}
+    step, steps = 1, 2 + 4 * a.rounds
+    with tempfile.TemporaryDirectory(prefix="lmcache-ascend-bench-") as rpc:
+        for rnd in range(a.rounds):
+            for name, (what, options, warm) in _configs(Path(rpc), rnd).items():
+                step += 1
+                print(f"[{step}/{steps}] round {rnd + 1}/{a.rounds}, {what} (cores {a.cores})", flush=True)
+                sent = [warmup, *prompts * (1 + (a.warm_passes if warm else 0))]
+                out = run_engine({**common, **options, "prompts": sent}, rpc_dir=Path(rpc), env=env)[1:]
+                runs.setdefault(name, []).append((out[: a.prompts], out[a.prompts :]))
+    return runs
+
+
+def _pooled(runs: dict[str, list[tuple[list[dict], list[dict]]]]) -> dict[str, tuple[list[dict], list[dict]]]:
+    return {name: ([c for cold, _ in rs for c in cold], [w for _, warm in rs for w in warm]) for name, rs in runs.items()}
+
+
+def _per_round(runs: dict[str, list[tuple[list[dict], list[dict]]]], num: str, den: str) -> list[float]:
+    return [_median_ms(a[1]) / _median_ms(b[1]) for a, b in zip(runs[num], runs[den])]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
     p.add_argument("--prefix-tokens", type=int, default=2000, help="prompt length (default not a multiple of the chunk)")
     p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--warm-passes", type=int, default=3, help="warm repeats of every prompt per engine")
+    p.add_argument("--rounds", type=int, default=2, help="start every configuration this many times, interleaved")
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND for every run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "e2e_vllm.png")
     a = p.parse_args(argv)
+    for arg in ("prompts", "warm_passes", "rounds"):
+        if getattr(a, arg) < 1:
+            p.error(f"--{arg.replace('_', '-')} must be >= 1")
 
     spec = KV_HEAVY
-    print(f"[1/6] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
+    print(f"[1/{2 + 4 * a.rounds}] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
           f"{spec.num_kv_heads} KV heads x {spec.head_dim} (bf16) = {spec.kv_bytes_per_token // 1024} KiB KV per token", flush=True)
     build(a.model_dir, spec)
-    warmup = prompt_token_ids(a.prefix_tokens, offset=999)
-    prompts = [prompt_token_ids(a.prefix_tokens, offset=17 * (i + 1)) for i in range(a.prompts)]
     common = {"model_dir": str(a.model_dir), "max_model_len": a.prefix_tokens + 64, "max_tokens": 4, "cpu_gib": 4.0}
-
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": a.cores, "VLLM_CPU_KVCACHE_SPACE": "2"}
-    with tempfile.TemporaryDirectory(prefix="lmcache-ascend-bench-") as rpc:
-        def run(step: str, options: dict, passes: int) -> list[list[dict]]:
-            print(step, flush=True)
-            out = run_engine({**common, **options, "prompts": [warmup, *prompts * passes]}, rpc_dir=Path(rpc), env=env)[1:]
-            return [out[i * a.prompts : (i + 1) * a.prompts] for i in range(passes)]
+    runs = _run_all(a, common, env)
+    pooled = _pooled(runs)
+    (base, _), (cold, warm), (pc_cold, pc_warm), (ex_cold, ex_warm) = (pooled[k] for k in ("base", "ours", "pc", "ex"))
 
-        (base,) = run(f"[2/6] baseline: vLLM CPU without connector (cores {a.cores})", {"connector": False}, 1)
-        cold, warm = run("[3/6] LMCacheAscendConnectorV1Dynamic: cold, then warm", {"connector": True}, 2)
-        pc_cold, pc_warm = run("[4/6] vLLM's prefix cache (no connector): cold, then warm", {"connector": False, "prefix_caching": True}, 2)
-        ex_cold, ex_warm = run("[5/6] vLLM's ExampleConnector (disk): cold, then warm",
-                               {"connector": False, "example_storage": str(Path(rpc) / "example")}, 2)
-
-    identical = all(c["token_ids"] == w["token_ids"] for c, w in zip(cold, warm))
+    # every warm sample against the cold run of its own prompt, in its own round
+    identical = all(w["token_ids"] == cs[i % a.prompts]["token_ids"] for cs, ws in runs["ours"] for i, w in enumerate(ws))
     hits, pc_hits = min(w["from_lmcache"] for w in warm), min(w["from_lmcache"] for w in pc_warm)
     ex_hits = min(w["from_lmcache"] for w in ex_warm)
     moved = hits * spec.kv_bytes_per_token
-    ms = {name: _median_ms(runs) for name, runs in
+    ms = {name: _median_ms(rs) for name, rs in
           {"base": base, "cold": cold, "warm": warm, "pc": pc_warm, "ex": ex_warm, "ex_cold": ex_cold, "pc_cold": pc_cold}.items()}
-    print(f"[6/6] results on {cpu_model()} (median of {a.prompts} prompts of {a.prefix_tokens} tokens; "
+    rounds = {"warm_over_prefix_cache_per_round": _per_round(runs, "ours", "pc"), "warm_over_example_per_round": _per_round(runs, "ours", "ex")}
+    print(f"[{2 + 4 * a.rounds}/{2 + 4 * a.rounds}] results on {cpu_model()} (median of {len(warm)} warm samples per set-up: "
+          f"{a.prompts} prompts x {a.warm_passes} passes x {a.rounds} rounds, {a.prefix_tokens} tokens each; "
           f"KV loaded per warm prompt: {moved / 2**20:.0f} MiB)")
     print(format_table(
         ["run", "TTFT ms", "tokens reused", "vs baseline"],
@@ -95,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
          ["cold, vLLM ExampleConnector (compute + store)", ms["ex_cold"], ex_cold[0]["from_lmcache"], ms["ex_cold"] / ms["base"]],
          ["warm, vLLM ExampleConnector (load)", ms["ex"], ex_hits, ms["ex"] / ms["base"]]],
     ))
+    for key, values in rounds.items():
+        print(f"{key.removesuffix('_per_round')} by round: {' / '.join(f'{v:.2f}' for v in values)}")
     print(f"greedy outputs identical cold vs warm: {'yes' if identical else 'NO'}")
     plot = bar_chart(a.plot, f"vLLM CPU TTFT, {a.prefix_tokens}-token prompt, {spec.kv_bytes_per_token // 1024} KiB KV/token",
                      ["baseline", "cold (store)", "warm (ours)", "warm (prefix cache)", "warm (Example)"],
@@ -107,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "store_overhead": ms["cold"] / ms["base"],
             "warm_over_example": ms["warm"] / ms["ex"],
             "warm_over_prefix_cache": ms["warm"] / ms["pc"],
+            **rounds,
             "hit_tokens_vs_prefix_cache": hits / pc_hits if pc_hits else None,
             "baseline_ttft_ms": ms["base"],
             "cold_ttft_ms": ms["cold"],
@@ -117,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_from_prefix_cache": pc_hits,
             "tokens_from_example": ex_hits,
             "prompt_tokens": a.prefix_tokens,
+            "warm_samples": len(warm),
+            "rounds": a.rounds,
             "kv_bytes_per_prompt": moved,
             "identical_outputs": identical,
             "cpu": cpu_model(),
