@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "host_memory.h"
+#include "piece_copy.h"
 #include "plane_transfer.h"
 #include "rope.h"
 #include "openmp_team.h"
@@ -89,6 +90,40 @@ void batched_copy_py(const std::vector<uintptr_t>& src, const std::vector<uintpt
   la::batched_copy(src, dst, sizes, num_threads);
 }
 
+// Test hooks: the streaming-store primitives with the store width forced, so
+// tests check the 16- and 32-byte forms on any machine that has both.
+void check_wide(bool wide) {
+  if (wide && !la::wide_streaming()) throw std::invalid_argument("this CPU has no 32-byte streaming stores");
+}
+
+void streaming_copy_py(uintptr_t dst, uintptr_t src, int64_t n, bool wide) {
+  if (n < 0) throw std::invalid_argument("n must be >= 0");
+  check_wide(wide);
+  la::copy_streaming_width(reinterpret_cast<char*>(dst), reinterpret_cast<const char*>(src),
+                           static_cast<size_t>(n), wide);
+  la::store_fence();
+}
+
+void streaming_pieces_py(uintptr_t dst, int64_t dst_step, uintptr_t src, int64_t src_step,
+                         int64_t count, int64_t n, bool streaming, bool wide) {
+  if (count < 0 || n < 0) throw std::invalid_argument("count and n must be >= 0");
+  check_wide(wide);
+  la::copy_pieces(reinterpret_cast<char*>(dst), dst_step, reinterpret_cast<const char*>(src),
+                  src_step, count, n, streaming, wide);
+  la::store_fence();
+}
+
+void streaming_lines_py(int64_t piece, uintptr_t dst, int64_t dst_step, uintptr_t src,
+                        int64_t src_step, int64_t piece_step, int64_t count, bool wide) {
+  if (piece != 16 && piece != 32) throw std::invalid_argument("piece must be 16 or 32");
+  if (count < 0) throw std::invalid_argument("count must be >= 0");
+  if ((dst & 63) != 0 || dst_step % 64 != 0) throw std::invalid_argument("dst lines must be 64-byte aligned");
+  check_wide(wide);
+  la::stream_gathered_lines(piece, reinterpret_cast<char*>(dst), dst_step,
+                            reinterpret_cast<const char*>(src), src_step, piece_step, count, wide);
+  la::store_fence();
+}
+
 uintptr_t host_alloc_py(int64_t size, int64_t alignment, bool huge_pages) {
   py::gil_scoped_release release;  // zero-filling a large buffer takes a while
   return la::host_alloc(size, alignment, huge_pages);
@@ -122,6 +157,16 @@ PYBIND11_MODULE(_kvcore, m) {
   m.def("thread_pool_in_use", [] { return la::openmp_team_available() ? "openmp" : "own"; },
         "Where parallel host copies run now: the process's OpenMP team or our own pool.");
   m.def("page_size", &la::page_size);
+  m.def("wide_streaming", &la::wide_streaming,
+        "Whether streaming stores are 32 bytes wide here (x86-64 with AVX2).");
+  m.def("streaming_copy", &streaming_copy_py, py::arg("dst"), py::arg("src"), py::arg("n"),
+        py::arg("wide"));
+  m.def("streaming_pieces", &streaming_pieces_py, py::arg("dst"), py::arg("dst_step"),
+        py::arg("src"), py::arg("src_step"), py::arg("count"), py::arg("n"),
+        py::arg("streaming"), py::arg("wide"));
+  m.def("streaming_lines", &streaming_lines_py, py::arg("piece"), py::arg("dst"),
+        py::arg("dst_step"), py::arg("src"), py::arg("src_step"), py::arg("piece_step"),
+        py::arg("count"), py::arg("wide"));
   m.def("rope_k_fused", &la::rope_k_fused, py::arg("key_addr"), py::arg("key_kind"),
         py::arg("num_tokens"), py::arg("num_heads"), py::arg("token_stride"),
         py::arg("head_stride"), py::arg("table_addr"), py::arg("table_kind"),

@@ -40,6 +40,22 @@ inline void copy_pieces_fixed(char* dst, int64_t dst_step, const char* src,
   }
 }
 
+#if defined(LMCACHE_ASCEND_WIDE_STREAMING)
+// copy_pieces_fixed<N, true> with 32-byte stores (stream_copy.h): N % 32 == 0,
+// dst and dst_step 32-byte aligned, the CPU has AVX2 (the caller checks).
+template <int64_t N>
+__attribute__((target("avx2"))) inline void stream_pieces_wide(char* dst, int64_t dst_step, const char* src,
+                                                             int64_t src_step, int64_t count) {
+  static_assert(N % 32 == 0, "whole 32-byte stores");
+  for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
+    for (int64_t b = 0; b < N; b += 32) {
+      __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b));
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + b), v);
+    }
+  }
+}
+#endif
+
 // `count` destination cache lines, each gathered from 64 / N pieces of N
 // bytes: line i at dst + i * dst_step takes piece j from
 // src + i * src_step + j * piece_step. A line's stores are issued back to back
@@ -67,8 +83,21 @@ inline void stream_gathered_lines(char* dst, int64_t dst_step, const char* src, 
 
 // stream_gathered_lines<N> for a piece size known only at run time: 16 or 32
 // bytes (the callers check, as streams_piece_lines / loads_piece_lines do).
+// `allow_wide` = false keeps 16-byte stores (tests compare both widths).
 inline void stream_gathered_lines(int64_t piece, char* dst, int64_t dst_step, const char* src,
-                                  int64_t src_step, int64_t piece_step, int64_t count) {
+                                  int64_t src_step, int64_t piece_step, int64_t count,
+                                  bool allow_wide = true) {
+#if defined(LMCACHE_ASCEND_WIDE_STREAMING)
+  if (piece == 32 && allow_wide && wide_streaming()) {
+    // a line is two 32-byte pieces: each is one 32-byte store, still back to back
+    for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
+      stream_pieces_wide<32>(dst, 32, src, piece_step, 2);
+    }
+    return;
+  }
+#else
+  (void)allow_wide;
+#endif
   if (piece == 16) {
     stream_gathered_lines<16>(dst, dst_step, src, src_step, piece_step, count);
   } else {
@@ -76,11 +105,33 @@ inline void stream_gathered_lines(int64_t piece, char* dst, int64_t dst_step, co
   }
 }
 
+// copy_pieces_fixed<N> with streaming stores where `nt`, 32 bytes wide where
+// also `wide` (the caller checks alignment and wide_streaming()).
+template <int64_t N>
+inline void copy_pieces_n(char* dst, int64_t dst_step, const char* src, int64_t src_step,
+                          int64_t count, bool nt, bool wide) {
+#if defined(LMCACHE_ASCEND_WIDE_STREAMING)
+  if constexpr (N % 32 == 0) {
+    if (wide) {
+      stream_pieces_wide<N>(dst, dst_step, src, src_step, count);
+      return;
+    }
+  }
+#else
+  (void)wide;
+#endif
+  if (nt) {
+    copy_pieces_fixed<N, true>(dst, dst_step, src, src_step, count);
+  } else {
+    copy_pieces_fixed<N, false>(dst, dst_step, src, src_step, count);
+  }
+}
+
 inline void copy_pieces_any(char* dst, int64_t dst_step, const char* src,
-                            int64_t src_step, int64_t count, int64_t n, bool nt) {
+                            int64_t src_step, int64_t count, int64_t n, bool nt, bool wide) {
   for (int64_t i = 0; i < count; ++i, dst += dst_step, src += src_step) {
     if (nt) {
-      copy_streaming(dst, src, static_cast<size_t>(n));
+      copy_streaming_width(dst, src, static_cast<size_t>(n), wide);
     } else {
       std::memcpy(dst, src, static_cast<size_t>(n));
     }
@@ -92,17 +143,17 @@ inline void copy_pieces_any(char* dst, int64_t dst_step, const char* src,
 // 512); anything else goes through memcpy / copy_streaming per piece.
 // `streaming` is honoured only where streaming stores are possible (16-byte
 // multiples at 16-byte aligned destinations) or, for other sizes, long enough.
+// `allow_wide` = false keeps 16-byte streaming stores (tests compare both widths).
 inline void copy_pieces(char* dst, int64_t dst_step, const char* src, int64_t src_step,
-                        int64_t count, int64_t n, bool streaming) {
+                        int64_t count, int64_t n, bool streaming, bool allow_wide = true) {
   const bool nt = streaming && n % 16 == 0 && dst_step % 16 == 0 &&
                   (reinterpret_cast<uintptr_t>(dst) & 15) == 0;
-#define LMCACHE_ASCEND_PIECES(N)                                          \
-  case N:                                                                 \
-    if (nt) {                                                             \
-      copy_pieces_fixed<N, true>(dst, dst_step, src, src_step, count);    \
-    } else {                                                              \
-      copy_pieces_fixed<N, false>(dst, dst_step, src, src_step, count);   \
-    }                                                                     \
+  const bool wide_ok = allow_wide && wide_streaming();
+  const bool wide = wide_ok && nt && n % 32 == 0 && dst_step % 32 == 0 &&
+                    (reinterpret_cast<uintptr_t>(dst) & 31) == 0;
+#define LMCACHE_ASCEND_PIECES(N)                                           \
+  case N:                                                                  \
+    copy_pieces_n<N>(dst, dst_step, src, src_step, count, nt, wide);       \
     return;
   switch (n) {
     LMCACHE_ASCEND_PIECES(2)
@@ -115,7 +166,7 @@ inline void copy_pieces(char* dst, int64_t dst_step, const char* src, int64_t sr
     LMCACHE_ASCEND_PIECES(256)
     LMCACHE_ASCEND_PIECES(512)
     default:
-      copy_pieces_any(dst, dst_step, src, src_step, count, n, streaming && n >= 64);
+      copy_pieces_any(dst, dst_step, src, src_step, count, n, streaming && n >= 64, wide_ok);
   }
 #undef LMCACHE_ASCEND_PIECES
 }

@@ -45,6 +45,28 @@ def host_live_allocations() -> int: ...
 def hardware_threads() -> int: ...
 def thread_pool_in_use() -> str: ...
 def page_size() -> int: ...
+def wide_streaming() -> bool: ...
+def streaming_copy(dst: SupportsIndex, src: SupportsIndex, n: SupportsIndex, wide: bool) -> None: ...
+def streaming_pieces(
+    dst: SupportsIndex,
+    dst_step: SupportsIndex,
+    src: SupportsIndex,
+    src_step: SupportsIndex,
+    count: SupportsIndex,
+    n: SupportsIndex,
+    streaming: bool,
+    wide: bool,
+) -> None: ...
+def streaming_lines(
+    piece: SupportsIndex,
+    dst: SupportsIndex,
+    dst_step: SupportsIndex,
+    src: SupportsIndex,
+    src_step: SupportsIndex,
+    piece_step: SupportsIndex,
+    count: SupportsIndex,
+    wide: bool,
+) -> None: ...
 def rope_k_fused(
     key_addr: SupportsIndex,
     key_kind: SupportsIndex,
