@@ -32,7 +32,10 @@ is one JSON object with ``store_vs_memcpy``, ``load_vs_memcpy``,
 the layout upstream's baseline supports), ``min_vs_memcpy`` (the lowest
 ours / memcpy ratio over every format and both directions),
 ``vs_memcpy_by_format`` (``{format: {"store": ratio, "load": ratio}}``),
-``front_end_us_by_format`` (microseconds per call of ours spent outside the C++
+``memcpy_gbps_by_format`` (the plain copy's GB/s next to each row: a shared
+host's memory bandwidth moves between runs and rows, and ratios read against a
+fast plain copy measure each thread's own speed), ``front_end_us_by_format``
+(microseconds per call of ours spent outside the C++
 copy: the op's Python checks and plane table, a fixed cost per call) and the
 raw figures.
 """
@@ -366,6 +369,7 @@ def _summary(results: dict[str, Rows]) -> dict[str, object]:
         "min_vs_memcpy": min(v for per_dir in vs_memcpy.values() for v in per_dir.values()),  # type: ignore[type-var]
         "vs_memcpy_by_format": vs_memcpy,
         "front_end_us_by_format": {n: {d: r["front_end_us"] for d, r in per_dir.items()} for n, per_dir in results.items()},
+        "memcpy_gbps_by_format": {n: {d: r["memcpy"] for d, r in per_dir.items()} for n, per_dir in results.items()},
     }
     head = next((n for n in results if FORMATS.get(n) == HEADLINE), None)
     if head is None:

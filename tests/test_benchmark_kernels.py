@@ -28,5 +28,6 @@ def test_kernels_benchmark_json_line(tmp_path: Path) -> None:
         for direction in ("store", "load"):
             assert last["vs_memcpy_by_format"][name][direction] > 0
             assert last["front_end_us_by_format"][name][direction] > 0
+            assert last["memcpy_gbps_by_format"][name][direction] > 0
     assert "front end us/call" in done.stdout
     assert plot.stat().st_size > 0
