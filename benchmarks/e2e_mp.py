@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
+from warm_rounds import RoundRuns, add_args, check_args, median_ttft_ms, per_round_ratio, pooled, warm_matches_cold  # noqa: E402
 
 from lmcache_ascend.integrations.lmcache import ASCEND_CPU_BACKEND as BACKEND_NAME  # noqa: E402
 from testkit.mp_server import running_server  # noqa: E402
@@ -114,12 +115,9 @@ def run_peer(peer: str, a: argparse.Namespace, prompts: list[list[int]], workdir
     return _cold_warm(run_engine({**_options(a, prompts), **extra}, rpc_dir=workdir, env=_env(a)), len(prompts))
 
 
-Runs = dict[str, list[tuple[list[dict], list[dict]]]]
-
-
-def _run_all(a: argparse.Namespace, prompts: list[list[int]], steps: int) -> tuple[Runs, dict[str, list[float]]]:
-    """Per set-up, per round: (cold, warm results); per backend, every warm retrieve window."""
-    runs: Runs = {}
+def _run_all(a: argparse.Namespace, prompts: list[list[int]], steps: int) -> tuple[dict[str, RoundRuns], dict[str, list[float]]]:
+    """Per set-up, its results round by round (``warm_rounds.RoundRuns``); per backend, every warm retrieve window."""
+    runs: dict[str, RoundRuns] = {}
     windows: dict[str, list[float]] = {name: [] for name in BACKENDS}
     step = 1
     with tempfile.TemporaryDirectory(prefix="lmcache-ascend-mp-bench-") as tmp:
@@ -137,10 +135,6 @@ def _run_all(a: argparse.Namespace, prompts: list[list[int]], steps: int) -> tup
     return runs, windows
 
 
-def _med(results: list[dict]) -> float:
-    return statistics.median(r["ttft_s"] for r in results) * 1000
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
@@ -148,17 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     # the last token, so vLLM's prefix cache is the floor of a warm request.
     p.add_argument("--prefix-tokens", type=int, default=4097)
     p.add_argument("--prompts", type=int, default=3)
-    p.add_argument("--warm-passes", type=int, default=3, help="warm repeats of every prompt per engine")
-    p.add_argument("--rounds", type=int, default=2, help="start every set-up this many times, interleaved")
+    add_args(p)
     p.add_argument("--l1-gib", type=float, default=3.0, help="the server's L1 (shared memory) pool")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "e2e_mp.png")
     a = p.parse_args(argv)
-    for arg in ("prompts", "warm_passes", "rounds"):
-        if getattr(a, arg) < 1:
-            p.error(f"--{arg.replace('_', '-')} must be >= 1")
+    check_args(p, a)
 
     spec = KV_HEAVY
     steps = 2 + a.rounds * (len(BACKENDS) + len(PEERS))
@@ -168,16 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     build(a.model_dir, spec)
     prompts = [prompt_token_ids(a.prefix_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
     per_round, windows = _run_all(a, prompts, steps)
-    runs = {name: ([c for cold, _ in rs for c in cold], [w for _, warm in rs for w in warm]) for name, rs in per_round.items()}
+    runs = {name: pooled(rs) for name, rs in per_round.items()}
 
-    rows, same = [], True
-    for name, rs in per_round.items():
-        same &= all(w["token_ids"] == cold[i % a.prompts]["token_ids"] for cold, warm in rs for i, w in enumerate(warm))
-        cold, warm = runs[name]
-        rows.append([ROW_NAMES[name], _med(cold), _med(warm), min(w["from_lmcache"] for w in warm)])
-    warm_ms = {name: _med(warm) for name, (_, warm) in runs.items()}
+    same = all(warm_matches_cold(rs, a.prompts) for rs in per_round.values())
+    rows = [[ROW_NAMES[name], median_ttft_ms(cold), median_ttft_ms(warm), min(w["from_lmcache"] for w in warm)]
+            for name, (cold, warm) in runs.items()]
+    warm_ms = {name: median_ttft_ms(warm) for name, (_, warm) in runs.items()}
     ours, upstream, floor = warm_ms["ascend_cpu"], warm_ms["default"], warm_ms["prefix_cache"]
-    by_round = [_med(o[1]) / _med(u[1]) for o, u in zip(per_round["ascend_cpu"], per_round["default"])]
+    by_round = per_round_ratio(per_round["ascend_cpu"], per_round["default"])
     print(f"[{steps}/{steps}] results on {cpu_model()} (median of {len(runs['ascend_cpu'][1])} warm samples per set-up: "
           f"{a.prompts} prompts x {a.warm_passes} passes x {a.rounds} rounds)")
     for row, name in zip(rows, runs):
@@ -202,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "warm_ttft_ms_in_process": warm_ms["in_process"],
             "server_retrieve_ms_ascend_cpu": statistics.median(windows["ascend_cpu"]) if windows["ascend_cpu"] else None,
             "server_retrieve_ms_default": statistics.median(windows["default"]) if windows["default"] else None,
-            "cold_ttft_ms_ascend_cpu": _med(runs["ascend_cpu"][0]),
-            "cold_ttft_ms_default": _med(runs["default"][0]),
+            "cold_ttft_ms_ascend_cpu": median_ttft_ms(runs["ascend_cpu"][0]),
+            "cold_ttft_ms_default": median_ttft_ms(runs["default"][0]),
             "warm_samples": len(runs["ascend_cpu"][1]),
             "rounds": a.rounds,
             "kv_bytes_per_prompt": moved,

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -40,15 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/: the harness beside the package, not in the wheel
 from common import RESULTS_DIR, bar_chart, cpu_model, format_table, print_json_last  # noqa: E402
+from warm_rounds import RoundRuns, add_args, check_args, median_ttft_ms, per_round_ratio, pooled, warm_matches_cold  # noqa: E402
 
 from testkit.vllm_runner import run_engine  # noqa: E402
 from testkit.tiny_model import KV_HEAVY, build, prompt_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median_ms(results: list[dict]) -> float:
-    return statistics.median(r["ttft_s"] for r in results) * 1000
 
 
 # name: (what runs, engine options, whether it has warm passes); ExampleConnector's
@@ -63,12 +59,12 @@ def _configs(work: Path, rnd: int) -> dict[str, tuple[str, dict, bool]]:
     }
 
 
-def _run_all(a: argparse.Namespace, common: dict, env: dict) -> dict[str, list[tuple[list[dict], list[dict]]]]:
-    """Per configuration, per round: (cold results, warm results of every pass)."""
+def _run_all(a: argparse.Namespace, common: dict, env: dict, steps: int) -> dict[str, RoundRuns]:
+    """Per configuration, its results round by round (``warm_rounds.RoundRuns``)."""
     warmup = prompt_token_ids(a.prefix_tokens, offset=999)
     prompts = [prompt_token_ids(a.prefix_tokens, offset=17 * (i + 1)) for i in range(a.prompts)]
-    runs: dict[str, list[tuple[list[dict], list[dict]]]] = {}
-    step, steps = 1, 2 + 4 * a.rounds
+    runs: dict[str, RoundRuns] = {}
+    step = 1
     with tempfile.TemporaryDirectory(prefix="lmcache-ascend-bench-") as rpc:
         for rnd in range(a.rounds):
             for name, (what, options, warm) in _configs(Path(rpc), rnd).items():
@@ -80,48 +76,37 @@ def _run_all(a: argparse.Namespace, common: dict, env: dict) -> dict[str, list[t
     return runs
 
 
-def _pooled(runs: dict[str, list[tuple[list[dict], list[dict]]]]) -> dict[str, tuple[list[dict], list[dict]]]:
-    return {name: ([c for cold, _ in rs for c in cold], [w for _, warm in rs for w in warm]) for name, rs in runs.items()}
-
-
-def _per_round(runs: dict[str, list[tuple[list[dict], list[dict]]]], num: str, den: str) -> list[float]:
-    return [_median_ms(a[1]) / _median_ms(b[1]) for a, b in zip(runs[num], runs[den])]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
     p.add_argument("--prefix-tokens", type=int, default=2000, help="prompt length (default not a multiple of the chunk)")
     p.add_argument("--prompts", type=int, default=3)
-    p.add_argument("--warm-passes", type=int, default=3, help="warm repeats of every prompt per engine")
-    p.add_argument("--rounds", type=int, default=2, help="start every configuration this many times, interleaved")
+    add_args(p)
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND for every run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / "e2e_vllm.png")
     a = p.parse_args(argv)
-    for arg in ("prompts", "warm_passes", "rounds"):
-        if getattr(a, arg) < 1:
-            p.error(f"--{arg.replace('_', '-')} must be >= 1")
+    check_args(p, a)
 
     spec = KV_HEAVY
-    print(f"[1/{2 + 4 * a.rounds}] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
+    steps = 2 + 4 * a.rounds
+    print(f"[1/{steps}] model {a.model_dir}: {spec.num_layers} layers, hidden {spec.hidden_size}, "
           f"{spec.num_kv_heads} KV heads x {spec.head_dim} (bf16) = {spec.kv_bytes_per_token // 1024} KiB KV per token", flush=True)
     build(a.model_dir, spec)
     common = {"model_dir": str(a.model_dir), "max_model_len": a.prefix_tokens + 64, "max_tokens": 4, "cpu_gib": 4.0}
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": a.cores, "VLLM_CPU_KVCACHE_SPACE": "2"}
-    runs = _run_all(a, common, env)
-    pooled = _pooled(runs)
-    (base, _), (cold, warm), (pc_cold, pc_warm), (ex_cold, ex_warm) = (pooled[k] for k in ("base", "ours", "pc", "ex"))
+    runs = _run_all(a, common, env, steps)
+    (base, _), (cold, warm), (pc_cold, pc_warm), (ex_cold, ex_warm) = (pooled(runs[k]) for k in ("base", "ours", "pc", "ex"))
 
-    # every warm sample against the cold run of its own prompt, in its own round
-    identical = all(w["token_ids"] == cs[i % a.prompts]["token_ids"] for cs, ws in runs["ours"] for i, w in enumerate(ws))
+    identical = warm_matches_cold(runs["ours"], a.prompts)
     hits, pc_hits = min(w["from_lmcache"] for w in warm), min(w["from_lmcache"] for w in pc_warm)
     ex_hits = min(w["from_lmcache"] for w in ex_warm)
     moved = hits * spec.kv_bytes_per_token
-    ms = {name: _median_ms(rs) for name, rs in
+    ms = {name: median_ttft_ms(rs) for name, rs in
           {"base": base, "cold": cold, "warm": warm, "pc": pc_warm, "ex": ex_warm, "ex_cold": ex_cold, "pc_cold": pc_cold}.items()}
-    rounds = {"warm_over_prefix_cache_per_round": _per_round(runs, "ours", "pc"), "warm_over_example_per_round": _per_round(runs, "ours", "ex")}
-    print(f"[{2 + 4 * a.rounds}/{2 + 4 * a.rounds}] results on {cpu_model()} (median of {len(warm)} warm samples per set-up: "
+    rounds = {"warm_over_prefix_cache_per_round": per_round_ratio(runs["ours"], runs["pc"]),
+              "warm_over_example_per_round": per_round_ratio(runs["ours"], runs["ex"])}
+    print(f"[{steps}/{steps}] results on {cpu_model()} (median of {len(warm)} warm samples per set-up: "
           f"{a.prompts} prompts x {a.warm_passes} passes x {a.rounds} rounds, {a.prefix_tokens} tokens each; "
           f"KV loaded per warm prompt: {moved / 2**20:.0f} MiB)")
     print(format_table(
