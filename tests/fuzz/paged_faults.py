@@ -212,10 +212,6 @@ def paged_faults() -> list[Fault]:
             if kind == "drop":
                 new = drop_leaf(arg, path) if len(path) else []
                 call.ctx["dropped_leaf"] = True
-                if not any(isinstance(get_leaf(new, p), torch.Tensor) for p in leaves(new)):
-                    # no tensor left to read the geometry from: the op judges the
-                    # scalars first, as for a pointer table (either fault order)
-                    names |= {"block_size", "head_size", "page_buffer_size"}
             elif kind == "extra":
                 if call.ctx.get("dropped_leaf"):
                     return  # one dropped and one added buffer may well make a valid call
@@ -249,6 +245,11 @@ def paged_faults() -> list[Fault]:
                 new = replace_leaf(arg, path, s)
             else:
                 new = replace_leaf(arg, path, {"int": 12345, "none": None, "meta": t.to("meta")}[kind])
+            if not any(isinstance(get_leaf(new, p), torch.Tensor) for p in leaves(new)):
+                # no tensor left to read the geometry from (the last one dropped, or a lone
+                # tensor made an int or None): the op judges the scalars first, as for a
+                # pointer table (either fault order)
+                names |= {"block_size", "head_size", "page_buffer_size"}
             call.kwargs[name(call)] = new
             call.mark_bad(f"paged leaf {path} {kind}", *names)
 
