@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "host_memory.h"
+#include "line_writer.h"
 #include "piece_copy.h"
 #include "plane_transfer.h"
 #include "rope.h"
@@ -124,6 +125,20 @@ void streaming_lines_py(int64_t piece, uintptr_t dst, int64_t dst_step, uintptr_
   la::store_fence();
 }
 
+void line_writer_py(uintptr_t dst, const std::vector<std::pair<uintptr_t, int64_t>>& pieces,
+                    bool wide) {
+  for (const auto& piece : pieces) {
+    if (piece.second < 0) throw std::invalid_argument("piece lengths must be >= 0");
+  }
+  check_wide(wide);
+  la::LineWriter out(reinterpret_cast<char*>(dst), wide);
+  for (const auto& piece : pieces) {
+    out.put(reinterpret_cast<const char*>(piece.first), static_cast<size_t>(piece.second));
+  }
+  out.finish();
+  la::store_fence();
+}
+
 uintptr_t host_alloc_py(int64_t size, int64_t alignment, bool huge_pages) {
   py::gil_scoped_release release;  // zero-filling a large buffer takes a while
   return la::host_alloc(size, alignment, huge_pages);
@@ -167,6 +182,8 @@ PYBIND11_MODULE(_kvcore, m) {
   m.def("streaming_lines", &streaming_lines_py, py::arg("piece"), py::arg("dst"),
         py::arg("dst_step"), py::arg("src"), py::arg("src_step"), py::arg("piece_step"),
         py::arg("count"), py::arg("wide"));
+  m.def("line_writer", &line_writer_py, py::arg("dst"), py::arg("pieces"), py::arg("wide"),
+        "Test hook: the (address, length) pieces written back to back from dst by a LineWriter.");
   m.def("rope_k_fused", &la::rope_k_fused, py::arg("key_addr"), py::arg("key_kind"),
         py::arg("num_tokens"), py::arg("num_heads"), py::arg("token_stride"),
         py::arg("head_stride"), py::arg("table_addr"), py::arg("table_kind"),

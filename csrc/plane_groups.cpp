@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "line_writer.h"
 #include "piece_copy.h"
 #include "prefetch.h"
 #include "stream_copy.h"
@@ -86,16 +87,18 @@ bool streams_whole_lines(const PieceView* views, int64_t count, const char* obj0
 // rows, per piece column for NZ's 32-byte pieces): measured 20-25% faster for
 // MLA, ~15% for DSA-C8, ~4% for NZ, where one burst of prefetches per block
 // gave nothing. Columns of whole-line heads (HND's 4 KiB per block) already
-// stream well and measured ~4% slower with it, so they go without.
+// stream well and measured ~4% slower with it, so they go without. A unit's
+// last run prefetches the first run of the unit its thread copies next
+// (find_ahead; see Unit in plane_groups.h).
 //
-// Rows that cannot be streamed piece by piece but whose block run fits in
-// kStageBytes (DSA-C8: 16 x 1282 bytes) are gathered into an L1 stage and
-// streamed out as one contiguous range: 5-15% faster than ordinary stores.
-// NZ's 16 x 2 KiB would not fit (a half-block stage measured no gain); its
-// lines are gathered from their piece columns and streamed one by one instead
-// (store_piece_lines: 1.4-1.8x the column-by-column ordinary stores, whose
-// half-line writes each read the line from DRAM first).
-constexpr int64_t kStageBytes = 24 * 1024;
+// Packed rows that cannot be streamed piece by piece (DSA-C8: 1282 bytes)
+// are written through a LineWriter: a block run's rows are one contiguous
+// range, assembled piece after piece in address order and streamed a line at
+// a time (store_run_lines; 1.4-1.5x the L1 stage it replaced, see
+// line_writer.h). NZ's lines are gathered from their piece columns and
+// streamed one by one instead (store_piece_lines: 1.4-1.8x the
+// column-by-column ordinary stores, whose half-line writes each read the line
+// from DRAM first).
 
 // Pieces of 16 or 32 bytes (310P NZ, fp8 / bf16), an even number of them per
 // token, side by side at 64-byte aligned object rows: each object line is
@@ -123,50 +126,122 @@ void store_piece_lines(const PieceView& v, char* rows, int64_t obj_stride, const
   }
 }
 
-void store_group(const PieceView* views, const Group& g, char* obj0, int64_t obj_stride,
-                 int64_t block_size, const SlotList& slots, int64_t begin, int64_t end,
-                 bool streaming) {
+bool any_piece_lines(const PieceView* views, int64_t count, const char* obj0, int64_t obj_stride) {
+  for (int64_t k = 0; k < count; ++k) {
+    if (streams_piece_lines(views[k], obj0, obj_stride)) return true;
+  }
+  return false;
+}
+
+// One block run of packed rows, token by token and piece by piece in object
+// address order; the first `ahead` tokens of the next run (at `later[k]` per
+// plane) are prefetched as the same tokens of this run are written.
+void store_run_lines(const PieceView* views, int64_t count, char* rows, const SlotRun& r,
+                     const char* const* later, int64_t ahead) {
+  LineWriter out(rows, wide_streaming());
+  for (int64_t u = 0; u < r.run; ++u) {
+    for (int64_t k = 0; k < count; ++k) {
+      const PieceView& v = views[k];
+      const char* src = v.paged + r.block * v.block_stride + (r.offset + u) * v.token_stride;
+      const char* next = u < ahead ? later[k] + u * v.token_stride : nullptr;
+      for (int64_t h = 0; h < v.pieces; ++h) {
+        if (next != nullptr) prefetch_bytes(next + h * v.step, v.piece);
+        out.put(src + h * v.step, static_cast<size_t>(v.piece));
+      }
+    }
+  }
+  out.finish();
+}
+
+// Where the next block run's data starts, per plane, and how many of its
+// tokens to prefetch (0: nothing to prefetch).
+struct Ahead {
+  std::vector<const char*> later;
+  int64_t tokens = 0;
+};
+
+// `after` (the next run of this unit), else the first run of `then` when its
+// planes walk their blocks the same way (same pieces, steps and strides).
+void find_ahead(const PieceView* views, int64_t count, const PlaneSpec* then_planes,
+                const Unit* then, const SlotList& slots, SlotRun r, int64_t block_size,
+                Ahead& out) {
+  out.tokens = 0;
+  const PieceView* at = views;
+  PieceView then_views[8];
+  if (r.run == 0) {
+    if (then == nullptr || then->group->legacy || then->group->count != count || count > 8) return;
+    const PlaneSpec& first = then_planes[then->group->first];
+    if (first.block_size != block_size) return;
+    for (int64_t k = 0; k < count; ++k) {
+      then_views[k] = view_of(then_planes[then->group->first + k], first);
+      const PieceView &a = views[k], &b = then_views[k];
+      if (a.piece != b.piece || a.pieces != b.pieces || a.step != b.step ||
+          a.token_stride != b.token_stride) {
+        return;
+      }
+    }
+    r = next_run(slots, then->begin, then->end, block_size);
+    at = then_views;
+  }
+  for (int64_t k = 0; k < count; ++k) {
+    out.later[k] = at[k].paged + r.block * at[k].block_stride + r.offset * at[k].token_stride;
+  }
+  out.tokens = r.run;
+}
+
+void store_group(const PieceView* views, const Group& g, const PlaneSpec* planes, char* obj0,
+                 int64_t obj_stride, int64_t block_size, const SlotList& slots, int64_t begin,
+                 int64_t end, bool streaming, const Unit* then) {
   const bool nt = streaming && streams_whole_lines(views, g.count, obj0, obj_stride);
-  const bool staged = streaming && !nt && obj_stride == g.row_bytes &&
-                      g.row_bytes * block_size <= kStageBytes;
-  alignas(64) char stage[kStageBytes];
-  for (SlotRun r = next_run(slots, begin, end, block_size); r.run > 0;
-       r = next_run(slots, r.t + r.run, end, block_size)) {
+  const bool lines = streaming && !nt && obj_stride == g.row_bytes &&
+                     !any_piece_lines(views, g.count, obj0, obj_stride);
+  Ahead next;
+  next.later.resize(static_cast<size_t>(g.count));
+  SlotRun after{};
+  for (SlotRun r = next_run(slots, begin, end, block_size); r.run > 0; r = after) {
     const int64_t t = r.t, block = r.block, offset = r.offset, run = r.run;
-    const int64_t next = t + run < end ? slots.at(t + run) : -1;
-    // Tokens of the next run that share its block (an upper bound on the run).
-    const int64_t ahead = next < 0 ? 0 : std::min(end - t - run, block_size - next % block_size);
-    char* rows = staged ? stage : obj0 + t * obj_stride;
+    after = next_run(slots, t + run, end, block_size);
+    find_ahead(views, g.count, planes, then, slots, after, block_size, next);
+    const int64_t ahead = next.tokens;
+    const char* const* later = next.later.data();
+    char* rows = obj0 + t * obj_stride;
+    if (lines) {
+      store_run_lines(views, g.count, rows, r, later, ahead);
+      continue;
+    }
     for (int64_t k = 0; k < g.count; ++k) {
       const PieceView& v = views[k];
       const char* src = v.paged + block * v.block_stride + offset * v.token_stride;
-      const char* later = next < 0 ? nullptr
-                                   : v.paged + (next / block_size) * v.block_stride +
-                                         (next % block_size) * v.token_stride;
       if (v.pieces == 1) {
         for (int64_t u = 0; u < run; ++u) {
-          if (u < ahead) prefetch_bytes(later + u * v.token_stride, v.piece);
+          if (u < ahead) prefetch_bytes(later[k] + u * v.token_stride, v.piece);
           copy_pieces(rows + u * obj_stride + v.column, 0, src + u * v.token_stride, 0, 1,
                       v.piece, nt);
         }
         continue;
       }
-      if (streaming && !staged && streams_piece_lines(v, obj0, obj_stride)) {
-        store_piece_lines(v, rows, obj_stride, src, later, ahead, run);
+      if (streaming && streams_piece_lines(v, obj0, obj_stride)) {
+        store_piece_lines(v, rows, obj_stride, src, later[k], ahead, run);
         continue;
       }
       const bool fetch = ahead > 0 && v.piece < 64;
       for (int64_t h = 0; h < v.pieces; ++h) {
-        if (fetch) prefetch_bytes(later + h * v.step, (ahead - 1) * v.token_stride + v.piece);
+        if (fetch) prefetch_bytes(later[k] + h * v.step, (ahead - 1) * v.token_stride + v.piece);
         copy_pieces(rows + v.column + h * v.piece, obj_stride, src + h * v.step, v.token_stride,
                     run, v.piece, nt);
       }
     }
-    if (staged) {
-      copy_streaming(obj0 + t * obj_stride, stage, static_cast<size_t>(run * g.row_bytes));
-    }
   }
 }
+
+// NZ loads read a run's object rows a 32-byte piece column at a time (a paged
+// line takes one piece from each of two rows), slowly enough that the hardware
+// prefetchers fall behind: load_piece_lines prefetches the rows this many
+// tokens ahead (past a run's end: the next run's rows, or bytes the transfer
+// does not own, which a prefetch touches harmlessly). One thread, AMD EPYC:
+// 0.51-0.58 -> 0.67-0.72x a plain copy. Plane tuples and HND heads, which read
+// whole-line pieces a row at a time, measured no clear change and go without.
+constexpr int64_t kLoadAheadTokens = 8;
 
 // Pieces of 16 or 32 bytes whose tokens are adjacent in the paged block (310P
 // NZ: a piece column is one contiguous range), starting on a line: each paged
@@ -185,6 +260,9 @@ int64_t load_piece_lines(const PieceView& v, char* dst, const char* rows, int64_
   const int64_t per_line = 64 / v.piece;
   const int64_t whole = run / per_line * per_line;
   for (int64_t u = 0; u < whole; u += per_line) {
+    for (int64_t j = 0; j < per_line; ++j) {
+      prefetch_bytes(rows + (u + j + kLoadAheadTokens) * obj_stride + v.column, v.pieces * v.piece);
+    }
     char* line = dst + u * v.token_stride;
     const char* from = rows + u * obj_stride + v.column;
     stream_gathered_lines(v.piece, line, v.step, from, v.piece, obj_stride, v.pieces);
@@ -234,7 +312,8 @@ void load_group(const PieceView* views, const Group& g, const char* obj0, int64_
 }  // namespace
 
 void copy_group_range(const PlaneSpec* planes, const Group& g, const SlotList& slots,
-                      int64_t begin, int64_t end, Direction direction, bool streaming) {
+                      int64_t begin, int64_t end, Direction direction, bool streaming,
+                      const Unit* then) {
   // Groups are small (a plane tuple has at most a handful of planes).
   constexpr int64_t kInline = 8;
   PieceView inline_views[kInline];
@@ -248,8 +327,8 @@ void copy_group_range(const PlaneSpec* planes, const Group& g, const SlotList& s
   for (int64_t k = 0; k < g.count; ++k) views[k] = view_of(planes[g.first + k], first);
   char* obj0 = reinterpret_cast<char*>(first.obj_base);
   if (direction == Direction::kToObject) {
-    store_group(views, g, obj0, first.obj_token_stride, first.block_size, slots, begin, end,
-                streaming);
+    store_group(views, g, planes, obj0, first.obj_token_stride, first.block_size, slots, begin,
+                end, streaming, then);
   } else {
     load_group(views, g, obj0, first.obj_token_stride, first.block_size, slots, begin, end,
                streaming);

@@ -57,6 +57,16 @@ __attribute__((target("avx2"))) inline void stream_128s_wide(char* dst, const ch
     _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + 96), e);
   }
 }
+
+// `lines` runs of 64 bytes; dst 32-byte aligned.
+__attribute__((target("avx2"))) inline void stream_64s_wide(char* dst, const char* src, size_t lines) {
+  for (size_t i = 0; i < lines; ++i, dst += 64, src += 64) {
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst), a);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + 32), b);
+  }
+}
 #endif
 
 #if defined(__SSE2__)
@@ -103,6 +113,24 @@ inline void copy_streaming_width(char* dst, const char* src, size_t n, bool wide
   std::memcpy(dst + head + lines * 64, src + head + lines * 64, n - head - lines * 64);
 #else
   std::memcpy(dst, src, n);
+#endif
+}
+
+// `lines` whole cache lines to a 64-byte aligned dst, streamed (32 bytes wide
+// where `wide`, which only wide_streaming() may allow); memcpy off x86-64.
+inline void stream_lines(char* dst, const char* src, size_t lines, bool wide) {
+#if defined(LMCACHE_ASCEND_WIDE_STREAMING)
+  if (wide) {
+    detail::stream_64s_wide(dst, src, lines);
+    return;
+  }
+#else
+  (void)wide;
+#endif
+#if defined(__SSE2__)
+  detail::stream_64s_narrow(dst, src, lines);
+#else
+  std::memcpy(dst, src, lines * 64);
 #endif
 }
 

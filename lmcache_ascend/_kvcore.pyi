@@ -67,6 +67,7 @@ def streaming_lines(
     count: SupportsIndex,
     wide: bool,
 ) -> None: ...
+def line_writer(dst: SupportsIndex, pieces: Sequence[tuple[SupportsIndex, SupportsIndex]], wide: bool) -> None: ...
 def rope_k_fused(
     key_addr: SupportsIndex,
     key_kind: SupportsIndex,

@@ -28,6 +28,7 @@ DEFAULT_TESTS=(
   tests/kernels/test_slot_ops.py tests/kernels/test_single_layer_ops.py tests/kernels/test_block_ops.py
   tests/kernels/test_memory_ops.py tests/kernels/test_bad_input.py tests/kernels/test_concurrency.py tests/kernels/test_described.py
   tests/kernels/test_streaming.py tests/kernels/test_streaming_layouts.py tests/kernels/test_block_transfer.py tests/kernels/test_stream_copy.py
+  tests/kernels/test_line_writer.py
   tests/fuzz
 )
 
