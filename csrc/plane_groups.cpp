@@ -48,6 +48,10 @@ struct PieceView {
   int64_t column;
 };
 
+// Groups are small (a plane tuple has at most a handful of planes): views of
+// up to this many planes live on the stack.
+constexpr int64_t kInlineViews = 8;
+
 PieceView view_of(const PlaneSpec& p, const PlaneSpec& first) {
   const PlaneShape s = shape_of(p);
   PieceView v;
@@ -94,8 +98,8 @@ bool streams_whole_lines(const PieceView* views, int64_t count, const char* obj0
 // Packed rows that cannot be streamed piece by piece (DSA-C8: 1282 bytes)
 // are written through a LineWriter: a block run's rows are one contiguous
 // range, assembled piece after piece in address order and streamed a line at
-// a time (store_run_lines; 1.4-1.5x the L1 stage it replaced, see
-// line_writer.h). NZ's lines are gathered from their piece columns and
+// a time (store_run_lines; 1.1-1.3x the L1 stage it replaced in the op,
+// 1.4-1.5x in a standalone gather: see line_writer.h). NZ's lines are gathered from their piece columns and
 // streamed one by one instead (store_piece_lines: 1.4-1.8x the
 // column-by-column ordinary stores, whose half-line writes each read the line
 // from DRAM first).
@@ -167,9 +171,12 @@ void find_ahead(const PieceView* views, int64_t count, const PlaneSpec* then_pla
                 Ahead& out) {
   out.tokens = 0;
   const PieceView* at = views;
-  PieceView then_views[8];
+  PieceView then_views[kInlineViews];
   if (r.run == 0) {
-    if (then == nullptr || then->group->legacy || then->group->count != count || count > 8) return;
+    if (then == nullptr || then->group->legacy || then->group->count != count ||
+        count > kInlineViews) {
+      return;
+    }
     const PlaneSpec& first = then_planes[then->group->first];
     if (first.block_size != block_size) return;
     for (int64_t k = 0; k < count; ++k) {
@@ -314,12 +321,10 @@ void load_group(const PieceView* views, const Group& g, const char* obj0, int64_
 void copy_group_range(const PlaneSpec* planes, const Group& g, const SlotList& slots,
                       int64_t begin, int64_t end, Direction direction, bool streaming,
                       const Unit* then) {
-  // Groups are small (a plane tuple has at most a handful of planes).
-  constexpr int64_t kInline = 8;
-  PieceView inline_views[kInline];
+  PieceView inline_views[kInlineViews];
   std::vector<PieceView> heap_views;
   PieceView* views = inline_views;
-  if (g.count > kInline) {
+  if (g.count > kInlineViews) {
     heap_views.resize(static_cast<size_t>(g.count));
     views = heap_views.data();
   }

@@ -230,8 +230,9 @@ void transfer_planes(const PlaneSpec* planes, int64_t num_planes,
     return Unit{&groups[static_cast<size_t>(i / tiles_per_group)], t0,
                 std::min(slots.count, t0 + tile)};
   };
-  // Loads prefetch nothing (they read the object in address order): one unit
-  // per task balances threads best.
+  // Loads prefetch nothing across units (they read the object in address
+  // order; NZ loads prefetch only inside a unit): one unit per task balances
+  // threads best.
   const int64_t spans = direction == Direction::kToPaged ? num_units
                         : threads == 1                   ? 1
                                                          : std::min(num_units, threads * kSpansPerThread);
