@@ -135,8 +135,8 @@ def _run_all(a: argparse.Namespace, prompts: list[list[int]], steps: int) -> tup
     return runs, windows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_workload_args(p: argparse.ArgumentParser, plot_name: str) -> None:
+    """The model, prompts, rounds, server and engine options (``mp_timeline.py`` shares them)."""
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "kv-heavy-llama")
     # One past a whole number of blocks and chunks: every run then computes only
     # the last token, so vLLM's prefix cache is the floor of a warm request.
@@ -147,17 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     p.add_argument("--cores", default=f"0-{(os.cpu_count() or 1) - 1}", help="VLLM_CPU_OMP_THREADS_BIND")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--plot", type=Path, default=RESULTS_DIR / "e2e_mp.png")
-    a = p.parse_args(argv)
-    check_args(p, a)
+    p.add_argument("--plot", type=Path, default=RESULTS_DIR / plot_name)
 
+
+def prepare_workload(a: argparse.Namespace, steps: int) -> list[list[int]]:
+    """Builds the model (step 1 of ``steps``) and returns the prompts."""
     spec = KV_HEAVY
-    steps = 2 + a.rounds * (len(BACKENDS) + len(PEERS))
     moved = a.prefix_tokens // 256 * 256 * spec.kv_bytes_per_token
     print(f"[1/{steps}] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
           f"{spec.kv_bytes_per_token // 1024} KiB KV per token; {a.prefix_tokens}-token prompts move {moved / 2**20:.0f} MiB", flush=True)
     build(a.model_dir, spec)
-    prompts = [prompt_token_ids(a.prefix_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
+    return [prompt_token_ids(a.prefix_tokens, offset=31 * (i + 1)) for i in range(a.prompts)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_workload_args(p, "e2e_mp.png")
+    a = p.parse_args(argv)
+    check_args(p, a)
+
+    steps = 2 + a.rounds * (len(BACKENDS) + len(PEERS))
+    moved = a.prefix_tokens // 256 * 256 * KV_HEAVY.kv_bytes_per_token
+    prompts = prepare_workload(a, steps)
     per_round, windows = _run_all(a, prompts, steps)
     runs = {name: pooled(rs) for name, rs in per_round.items()}
 

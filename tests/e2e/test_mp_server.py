@@ -37,3 +37,25 @@ def test_server_is_stopped_when_the_body_fails(tmp_path: Path) -> None:
             pid = srv.pid
             raise RuntimeError("boom")
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.slow  # one more server and engine; the hooks' names are pinned in the default run
+def test_mp_timeline_sees_every_phase_of_a_real_warm_request(tmp_path: Path) -> None:
+    """``benchmarks/mp_timeline.py`` against a real server and engine: every hook fires, the phases add up."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [
+        sys.executable, str(root / "benchmarks" / "mp_timeline.py"), "--setups", "ascend_cpu", "--model-dir", str(tmp_path / "model"),
+        "--prefix-tokens", "1025", "--prompts", "1", "--warm-passes", "1", "--rounds", "1", "--json", "--plot", str(tmp_path / "t.png"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["missing_hooks"] == []
+    phases = result["phases_ms"]["ascend_cpu"]
+    assert all(phases[p] > 0 for p in ("lookup", "prepare", "copy", "commit", "forward")), phases
+    parts = sum(v for k, v in phases.items() if k != "total")
+    assert abs(parts - phases["total"]) < 1e-6 * max(1.0, phases["total"]), phases  # one sample: medians add up exactly
