@@ -170,30 +170,29 @@ void find_ahead(const PieceView* views, int64_t count, const PlaneSpec* then_pla
                 const Unit* then, const SlotList& slots, SlotRun r, int64_t block_size,
                 Ahead& out) {
   out.tokens = 0;
-  const PieceView* at = views;
   PieceView then_views[kInlineViews];
-  if (r.run == 0) {
-    if (then == nullptr || then->group->legacy || then->group->count != count ||
-        count > kInlineViews) {
-      return;
-    }
-    const PlaneSpec& first = then_planes[then->group->first];
-    if (first.block_size != block_size) return;
+  const auto same_walk = [&](const Group& g) {
+    if (g.legacy || g.count != count || count > kInlineViews) return false;
+    const PlaneSpec& first = then_planes[g.first];
+    if (first.block_size != block_size) return false;
     for (int64_t k = 0; k < count; ++k) {
-      then_views[k] = view_of(then_planes[then->group->first + k], first);
+      then_views[k] = view_of(then_planes[g.first + k], first);
       const PieceView &a = views[k], &b = then_views[k];
       if (a.piece != b.piece || a.pieces != b.pieces || a.step != b.step ||
           a.token_stride != b.token_stride) {
-        return;
+        return false;
       }
     }
-    r = next_run(slots, then->begin, then->end, block_size);
-    at = then_views;
-  }
+    return true;
+  };
+  const RunAhead ahead = run_ahead(r, then, slots, block_size, same_walk);
+  if (ahead.run.run == 0) return;
+  const PieceView* at = ahead.from_then ? then_views : views;
   for (int64_t k = 0; k < count; ++k) {
-    out.later[k] = at[k].paged + r.block * at[k].block_stride + r.offset * at[k].token_stride;
+    out.later[k] = at[k].paged + ahead.run.block * at[k].block_stride +
+                   ahead.run.offset * at[k].token_stride;
   }
-  out.tokens = r.run;
+  out.tokens = ahead.run.run;
 }
 
 void store_group(const PieceView* views, const Group& g, const PlaneSpec* planes, char* obj0,

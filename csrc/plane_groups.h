@@ -74,6 +74,24 @@ struct Unit {
   int64_t end;
 };
 
+// The run a copy prefetches while it finishes its current one: `after` (its
+// unit's next run) when there is one, else the first run of `then` (the unit
+// the thread copies next; may be null) if `same_walk(*then->group)`: its planes
+// walk their blocks as the current ones do, so one prefetch pattern fits both.
+// `from_then` says whose planes the run's addresses are in; run.run == 0: none.
+struct RunAhead {
+  SlotRun run;
+  bool from_then;
+};
+
+template <class SameWalk>
+RunAhead run_ahead(SlotRun after, const Unit* then, const SlotList& slots, int64_t block_size,
+                   SameWalk&& same_walk) {
+  if (after.run > 0) return {after, false};
+  if (then == nullptr || !same_walk(*then->group)) return {SlotRun{}, false};
+  return {next_run(slots, then->begin, then->end, block_size), true};
+}
+
 // Splits a plane table into groups, in table order.
 std::vector<Group> group_planes(const PlaneSpec* planes, int64_t num_planes);
 

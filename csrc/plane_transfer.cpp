@@ -123,22 +123,18 @@ struct LaterRun {
 
 LaterRun later_run(const PlaneSpec& p, const SlotRun& after, const SlotList& slots,
                    const PlaneSpec* planes, const Unit* then) {
-  const PlaneSpec* q = &p;
-  SlotRun r = after;
-  if (r.run == 0) {
-    if (then == nullptr || !then->group->legacy) return {nullptr, 0};
-    q = &planes[then->group->first];
-    if (q->block_size != p.block_size || q->token_stride != p.token_stride ||
-        q->head_stride != p.head_stride || q->num_heads != p.num_heads ||
-        q->head_bytes != p.head_bytes) {
-      return {nullptr, 0};
-    }
-    r = next_run(slots, then->begin, then->end, q->block_size);
-    if (r.run == 0) return {nullptr, 0};
-  }
-  return {reinterpret_cast<const char*>(q->paged_base) + r.block * q->block_stride +
-              r.offset * q->token_stride,
-          r.run};
+  const auto same_walk = [&](const Group& g) {
+    const PlaneSpec& q = planes[g.first];
+    return g.legacy && q.block_size == p.block_size && q.token_stride == p.token_stride &&
+           q.head_stride == p.head_stride && q.num_heads == p.num_heads &&
+           q.head_bytes == p.head_bytes;
+  };
+  const RunAhead ahead = run_ahead(after, then, slots, p.block_size, same_walk);
+  if (ahead.run.run == 0) return {nullptr, 0};
+  const PlaneSpec& q = ahead.from_then ? planes[then->group->first] : p;
+  return {reinterpret_cast<const char*>(q.paged_base) + ahead.run.block * q.block_stride +
+              ahead.run.offset * q.token_stride,
+          ahead.run.run};
 }
 
 // Copies tokens [begin, end) of one token-dense plane (runs of consecutive
