@@ -150,10 +150,15 @@ def add_workload_args(p: argparse.ArgumentParser, plot_name: str) -> None:
     p.add_argument("--plot", type=Path, default=RESULTS_DIR / plot_name)
 
 
+def kv_bytes_moved(a: argparse.Namespace) -> int:
+    """The KV a warm request loads: its whole 256-token chunks."""
+    return a.prefix_tokens // 256 * 256 * KV_HEAVY.kv_bytes_per_token
+
+
 def prepare_workload(a: argparse.Namespace, steps: int) -> list[list[int]]:
     """Builds the model (step 1 of ``steps``) and returns the prompts."""
     spec = KV_HEAVY
-    moved = a.prefix_tokens // 256 * 256 * spec.kv_bytes_per_token
+    moved = kv_bytes_moved(a)
     print(f"[1/{steps}] model {a.model_dir}: {spec.num_layers} layers, {spec.num_kv_heads} KV heads x {spec.head_dim}, "
           f"{spec.kv_bytes_per_token // 1024} KiB KV per token; {a.prefix_tokens}-token prompts move {moved / 2**20:.0f} MiB", flush=True)
     build(a.model_dir, spec)
@@ -167,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     check_args(p, a)
 
     steps = 2 + a.rounds * (len(BACKENDS) + len(PEERS))
-    moved = a.prefix_tokens // 256 * 256 * KV_HEAVY.kv_bytes_per_token
     prompts = prepare_workload(a, steps)
     per_round, windows = _run_all(a, prompts, steps)
     runs = {name: pooled(rs) for name, rs in per_round.items()}
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "cold_ttft_ms_default": median_ttft_ms(runs["default"][0]),
             "warm_samples": len(runs["ascend_cpu"][1]),
             "rounds": a.rounds,
-            "kv_bytes_per_prompt": moved,
+            "kv_bytes_per_prompt": kv_bytes_moved(a),
             "identical_outputs": same,
             "cpu": cpu_model(),
         })

@@ -135,11 +135,11 @@ def _run_setup(setup: str, a: argparse.Namespace, prompts: list[list[int]], work
 
 
 def _run_rounds(
-    a: argparse.Namespace, setups: list[str], prompts: list[list[int]], steps: int
+    a: argparse.Namespace, setups: list[str], prompts: list[list[int]], steps: int, num_warm: int
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict]], set[str]]:
-    """Every set-up ``--rounds`` times, interleaved: per set-up its warm timelines and client-side
-    results, and the hooks some process could not find."""
-    num_warm = a.prompts * a.warm_passes
+    """Every set-up ``--rounds`` times, interleaved: per set-up its warm timelines (the last
+    ``num_warm`` requests of each engine) and client-side results, and the hooks some process
+    could not find."""
     timelines: dict[str, list[dict[str, Any]]] = {s: [] for s in setups}
     client: dict[str, list[dict]] = {s: [] for s in setups}
     missing: set[str] = set()
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = 2 + a.rounds * len(setups)
     prompts = prepare_workload(a, steps)
     num_warm = a.prompts * a.warm_passes
-    timelines, client, missing = _run_rounds(a, setups, prompts, steps)
+    timelines, client, missing = _run_rounds(a, setups, prompts, steps, num_warm)
     if any(not t for t in timelines.values()):
         print(f"no traced warm request for {[s for s, t in timelines.items() if not t]}; missing hooks: {sorted(missing)}")
         return 1
